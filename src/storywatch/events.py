@@ -1,0 +1,142 @@
+"""Events: drafts from the diff, numbered events from the log, encoded once for the wire.
+
+A :class:`Draft` is what the diff decided; the event log turns it into an :class:`Event`
+by giving it ``seq``, ``epoch``, ``time`` and ``source``. An event is encoded to JSON once;
+per-connection fields (``subs``, ``replay``) are spliced onto that encoding, so fan-out never
+re-serializes a story.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from storywatch.story import ParseError
+
+EventType = Literal[
+    "story.created",
+    "story.deleted",
+    "story.transitioned",
+    "story.moved",
+    "story.updated",
+    "story.invalid",
+]
+EVENT_TYPES: Final[tuple[str, ...]] = (
+    "story.created",
+    "story.deleted",
+    "story.transitioned",
+    "story.moved",
+    "story.updated",
+    "story.invalid",
+)
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """One change to one story, before it is numbered."""
+
+    type: EventType
+    story_id: str
+    path: str
+    story: Json  # the new state; the last known state on delete and invalid
+    changes: dict[str, dict[str, Any]]
+    body_changed: bool = False
+    old_path: str | None = None
+    error: ParseError | None = None
+
+    def to_json(self) -> Json:
+        out: Json = {
+            "type": self.type,
+            "story_id": self.story_id,
+            "path": self.path,
+            "story": self.story,
+            "changes": self.changes,
+        }
+        if self.type == "story.transitioned":
+            status = self.changes["status"]
+            out["from"] = status["old"]
+            out["to"] = status["new"]
+        if self.old_path is not None:
+            out["old_path"] = self.old_path
+        if self.error is not None:
+            out["error"] = self.error.as_json()
+        else:
+            out["body_changed"] = self.body_changed
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A numbered event as stored in the log and sent on the wire (minus ``subs``)."""
+
+    seq: int
+    epoch: str
+    data: Json  # the full wire form, without per-connection fields
+    _encoded: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def type(self) -> str:
+        return str(self.data["type"])
+
+    @property
+    def story_id(self) -> str:
+        return str(self.data["story_id"])
+
+    @property
+    def story(self) -> Json:
+        story: Json = self.data["story"]
+        return story
+
+    def encoded(self) -> str:
+        """The JSON object without its closing brace, computed once."""
+        if not self._encoded:
+            text = json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
+            self._encoded.append(text[:-1])
+        return self._encoded[0]
+
+    def frame(self, subs: list[str] | None = None, *, replay: bool = False) -> str:
+        """The wire frame for one connection."""
+        tail = ""
+        if subs is not None:
+            tail += ',"subs":' + json.dumps(subs, ensure_ascii=False, separators=(",", ":"))
+        if replay:
+            tail += ',"replay":true'
+        return self.encoded() + tail + "}"
+
+    def old_story(self) -> Json | None:
+        """The story's state before this event, rebuilt from ``changes``."""
+        return old_state(self.data)
+
+
+def number(draft: Draft, seq: int, epoch: str, time: str, source: Json) -> Event:
+    data = draft.to_json()
+    data = {"type": data.pop("type"), "seq": seq, "epoch": epoch, "time": time, **data}
+    data["source"] = source
+    return Event(seq=seq, epoch=epoch, data=data)
+
+
+def old_state(data: Json) -> Json | None:
+    """Undo ``changes`` on ``story`` to get the previous state (None before a create)."""
+    kind = data["type"]
+    if kind == "story.created":
+        return None
+    if kind in ("story.deleted", "story.invalid"):
+        return dict(data["story"])
+    before = dict(data["story"])
+    for key, change in data.get("changes", {}).items():
+        if change["old"] is None:
+            before.pop(key, None)
+        else:
+            before[key] = change["old"]
+    if "old_path" in data:
+        before["path"] = data["old_path"]
+    return before
+
+
+def utc_now_iso(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
