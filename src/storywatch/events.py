@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time as _time
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -76,7 +77,12 @@ class Event:
     seq: int
     epoch: str
     data: Json  # the full wire form, without per-connection fields
+    born: float = field(default=0.0, compare=False)  # wall-clock creation time in this process (latency metric), else 0
     _encoded: list[str] = field(default_factory=list, repr=False, compare=False)
+    _frames: dict[tuple[tuple[str, ...], bool], str] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    _before: list[Json | None] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def type(self) -> str:
@@ -98,25 +104,35 @@ class Event:
             self._encoded.append(text[:-1])
         return self._encoded[0]
 
-    def frame(self, subs: list[str] | None = None, *, replay: bool = False) -> str:
-        """The wire frame for one connection."""
-        tail = ""
-        if subs is not None:
-            tail += ',"subs":' + json.dumps(subs, ensure_ascii=False, separators=(",", ":"))
-        if replay:
-            tail += ',"replay":true'
-        return self.encoded() + tail + "}"
+    def frame(self, subs: tuple[str, ...] = (), *, replay: bool = False) -> str:
+        """The wire frame for one connection; identical frames are built once."""
+        key = (subs, replay)
+        frame = self._frames.get(key)
+        if frame is None:
+            if len(self._frames) > 64:  # many distinct sub names: don't grow without bound
+                self._frames.clear()
+            tail = ',"subs":' + json.dumps(list(subs), ensure_ascii=False, separators=(",", ":"))
+            if replay:
+                tail += ',"replay":true'
+            frame = self._frames[key] = self.encoded() + tail + "}"
+        return frame
 
-    def old_story(self) -> Json | None:
-        """The story's state before this event, rebuilt from ``changes``."""
-        return old_state(self.data)
+    def before(self) -> Json | None:
+        """The story's state before this event (None before a create), computed once."""
+        if not self._before:
+            self._before.append(old_state(self.data))
+        return self._before[0]
+
+    def after(self) -> Json | None:
+        """The story's state after this event (None once deleted)."""
+        return None if self.type == "story.deleted" else self.story
 
 
 def number(draft: Draft, seq: int, epoch: str, time: str, source: Json) -> Event:
     data = draft.to_json()
     data = {"type": data.pop("type"), "seq": seq, "epoch": epoch, "time": time, **data}
     data["source"] = source
-    return Event(seq=seq, epoch=epoch, data=data)
+    return Event(seq=seq, epoch=epoch, data=data, born=_time.time())
 
 
 def old_state(data: Json) -> Json | None:

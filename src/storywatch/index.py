@@ -183,9 +183,9 @@ def diff_story(old: Story | None, new: Story) -> Draft | None:
             story_id=new.id,
             path=new.path,
             story=new.fields,
-            changes=_field_changes({}, new.fields),
+            changes=field_changes({}, new.fields),
         )
-    changes = _field_changes(old.fields, new.fields)
+    changes = field_changes(old.fields, new.fields)
     body_changed = old.body != new.body
     moved = old.path != new.path
     kind: EventType
@@ -218,7 +218,7 @@ def _deleted(old: Story) -> Draft:
         story_id=old.id,
         path=old.path,
         story=old.fields,
-        changes=_field_changes(old.fields, {}),
+        changes=field_changes(old.fields, {}),
     )
 
 
@@ -237,7 +237,7 @@ def _duplicate_error(story_id: str, owner_path: str) -> ParseError:
     return ParseError("duplicate_id", f"id {story_id!r} is already used by {owner_path}")
 
 
-def _field_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def field_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Each changed front-matter key → {old, new}; ``path`` is not front-matter."""
     out: dict[str, dict[str, Any]] = {}
     for key in _ordered_union(old, new):

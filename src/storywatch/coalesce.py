@@ -1,0 +1,148 @@
+"""What one connection is sent of an event — pure: scope views and coalescing.
+
+An epic-scoped token sees a story leave its epics as ``story.deleted`` (``reason:
+out_of_scope``, old state only) and enter them as ``story.created`` (``reason: in_scope``).
+When a connection is over its outbound budget, pending events of one story merge into one
+(latest state wins, ``coalesced: N``, ``changes`` from the first old to the last new value).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from storywatch.events import Event, Json, old_state
+from storywatch.filters import Scope
+from storywatch.index import field_changes
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """An event as one token may see it."""
+
+    event: Event
+    type: str
+    before: Json | None
+    after: Json | None
+    data: Json | None = None  # replacement wire form when the scope rewrote the event
+
+
+def transformed(event: Event, scope: Scope) -> View | None:
+    """The event as seen through ``scope``; None when the token may not see it at all."""
+    before, after = event.before(), event.after()
+    if scope.epics is None:
+        return View(event, event.type, before, after)
+    sees_before, sees_after = scope.sees(before), scope.sees(after)
+    if event.type == "story.invalid" or event.type == "story.created":
+        return View(event, event.type, before, after) if sees_after else None
+    if event.type == "story.deleted":
+        return View(event, event.type, before, after) if sees_before else None
+    if sees_before and sees_after:
+        return View(event, event.type, before, after)
+    if sees_before and before is not None:
+        data = _rewrite(event.data, "story.deleted", before, field_changes(before, {}))
+        data["reason"] = "out_of_scope"
+        return View(event, "story.deleted", before, None, data)
+    if sees_after and after is not None:
+        data = _rewrite(event.data, "story.created", after, field_changes({}, after))
+        data["reason"] = "in_scope"
+        return View(event, "story.created", None, after, data)
+    return None
+
+
+def _rewrite(original: Json, kind: str, story: Json, changes: Json) -> Json:
+    return {
+        "type": kind,
+        "seq": original["seq"],
+        "epoch": original["epoch"],
+        "time": original["time"],
+        "story_id": original["story_id"],
+        "path": story.get("path", original["path"]),
+        "story": story,
+        "changes": changes,
+        "body_changed": False,
+        "source": original.get("source"),
+    }
+
+
+@dataclass(slots=True)
+class Pending:
+    """An event waiting in a connection's outbox."""
+
+    event: Event | None  # the shared event when this entry is not rewritten
+    data: Json
+    subs: tuple[str, ...]
+    replay: bool
+    count: int = 1
+
+    @classmethod
+    def of(cls, item: Event | View, subs: tuple[str, ...], replay: bool) -> Pending:
+        if isinstance(item, View):
+            if item.data is None:
+                return cls(item.event, item.event.data, subs, replay)
+            return cls(None, item.data, subs, replay)
+        return cls(item, item.data, subs, replay)
+
+    @property
+    def seq(self) -> int:
+        return int(self.data["seq"])
+
+    @property
+    def type(self) -> str:
+        return str(self.data["type"])
+
+    @property
+    def story_id(self) -> str:
+        return str(self.data["story_id"])
+
+    def frame(self) -> str:
+        if self.event is not None:
+            return self.event.frame(self.subs, replay=self.replay)
+        out = dict(self.data)
+        out["subs"] = list(self.subs)
+        if self.replay:
+            out["replay"] = True
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+
+def merge(first: Pending, second: Pending) -> Pending | None:
+    """One pending event for both, or None when they cancel out."""
+    subs = tuple(dict.fromkeys(first.subs + second.subs))
+    count = first.count + second.count
+    before = old_state(first.data)
+    last = second.data
+    if second.type == "story.deleted":
+        if before is None:
+            return None  # created, then deleted
+        data = _rewrite(last, "story.deleted", last["story"], field_changes(last["story"], {}))
+    elif before is None:
+        after = last["story"]
+        data = _rewrite(last, "story.created", after, field_changes({}, after))
+    else:
+        after = last["story"]
+        changes = field_changes(before, after)
+        body_changed = bool(first.data.get("body_changed")) or bool(last.get("body_changed"))
+        moved = before.get("path") != after.get("path")
+        if "status" in changes:
+            kind = "story.transitioned"
+        elif moved:
+            kind = "story.moved"
+        elif changes or body_changed:
+            kind = "story.updated"
+        else:
+            return None  # back where it started
+        data = _rewrite(last, kind, after, changes)
+        data["body_changed"] = body_changed
+        if kind == "story.transitioned":
+            data["from"] = changes["status"]["old"]
+            data["to"] = changes["status"]["new"]
+        if moved:
+            data["old_path"] = before.get("path")
+    for reason_source in (last, first.data):
+        if reason_source.get("type") == data["type"] and "reason" in reason_source:
+            data["reason"] = reason_source["reason"]
+            break
+    data["coalesced"] = count
+    return Pending(None, data, subs, first.replay and second.replay, count)
+

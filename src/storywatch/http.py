@@ -1,0 +1,146 @@
+"""The small HTTP surface on the WebSocket port: health, metrics, the JSON API, the board.
+
+Handlers return :class:`HttpReply`; the server turns it into a websockets response. Every
+handler that reveals stories filters them through the caller's token scope first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from storywatch.coalesce import transformed
+from storywatch.events import Event, Json
+from storywatch.filters import FILTER_KEYS, Filter, FilterError
+from storywatch.hub import Hub
+from storywatch.session import Principal
+
+MAX_WAIT_S: Final = 25.0
+DEFAULT_WAIT_S: Final = 20.0
+MAX_EVENTS_PER_POLL: Final = 1000
+JSON_TYPE: Final = "application/json"
+
+
+@dataclass
+class HttpReply:
+    status: int
+    body: bytes
+    content_type: str = JSON_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_reply(status: int, payload: Any) -> HttpReply:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return HttpReply(status, body)
+
+
+def error_reply(status: int, code: str, message: str) -> HttpReply:
+    return json_reply(status, {"error": {"code": code, "message": message}})
+
+
+def query_filter(query: Mapping[str, list[str]]) -> Filter:
+    raw = {key: values for key, values in query.items() if key in FILTER_KEYS}
+    return Filter.parse(raw)
+
+
+class Api:
+    """``/api/*`` for one hub; ``body_of`` finds a story's markdown body by id."""
+
+    def __init__(self, hub: Hub, body_of: Callable[[str], str | None]) -> None:
+        self.hub = hub
+        self.body_of = body_of
+        self._new_events = asyncio.Event()
+        hub.listeners.append(self._wake)
+
+    def _wake(self, events: list[Event]) -> None:
+        self._new_events.set()
+        self._new_events = asyncio.Event()
+
+    async def handle(self, path: str, principal: Principal) -> HttpReply:
+        parts = urlsplit(path)
+        query = parse_qs(parts.query)
+        try:
+            flt = query_filter(query)
+        except FilterError as exc:
+            return error_reply(400, "invalid_filter", str(exc))
+        route = parts.path.rstrip("/")
+        if route == "/api/stories":
+            return self.stories(principal, flt)
+        if route.startswith("/api/stories/"):
+            return self.story(unquote(route.removeprefix("/api/stories/")), principal)
+        if route == "/api/events":
+            return await self.events(query, principal, flt)
+        return error_reply(404, "not_found", f"no such endpoint: {parts.path}")
+
+    def stories(self, principal: Principal, flt: Filter) -> HttpReply:
+        scope = principal.scope
+        stories = [s for s in self.hub.stories() if scope.sees(s) and flt.matches_story(s)]
+        stories.sort(key=lambda s: str(s.get("id")))
+        return json_reply(200, {"epoch": self.hub.epoch, "seq": self.hub.seq, "stories": stories})
+
+    def story(self, story_id: str, principal: Principal) -> HttpReply:
+        story = self.hub.story(story_id)
+        if story is None or not principal.scope.sees(story):
+            return error_reply(404, "not_found", "no such story")
+        body = self.body_of(story_id)
+        return json_reply(200, {**story, "body": body if body is not None else ""})
+
+    async def events(
+        self, query: Mapping[str, list[str]], principal: Principal, flt: Filter
+    ) -> HttpReply:
+        epoch = _first(query, "epoch") or self.hub.epoch
+        try:
+            since = int(_first(query, "since") or self.hub.seq)
+            wait = float(_first(query, "wait") or DEFAULT_WAIT_S)
+        except ValueError:
+            return error_reply(400, "bad_request", "`since` must be an integer, `wait` a number")
+        wait = min(max(wait, 0.0), MAX_WAIT_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            replay = self.hub.replay(epoch, since)
+            if replay is None:
+                return json_reply(
+                    200,
+                    {"epoch": self.hub.epoch, "seq": self.hub.seq, "recovered": False, "events": []},
+                )
+            frames = self._visible(replay[:MAX_EVENTS_PER_POLL], principal, flt)
+            cursor = replay[MAX_EVENTS_PER_POLL - 1].seq if len(replay) > MAX_EVENTS_PER_POLL else (
+                self.hub.seq
+            )
+            remaining = deadline - loop.time()
+            if frames or remaining <= 0:
+                return json_reply(
+                    200,
+                    {"epoch": self.hub.epoch, "seq": cursor, "recovered": True, "events": frames},
+                )
+            since = cursor
+            try:
+                await asyncio.wait_for(self._new_events.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _visible(self, events: list[Event], principal: Principal, flt: Filter) -> list[Json]:
+        out = []
+        for event in events:
+            view = transformed(event, principal.scope)
+            if view is not None and flt.matches(view.type, view.before, view.after):
+                out.append(view.data if view.data is not None else event.data)
+        return out
+
+
+def board_page() -> bytes:
+    try:
+        return resources.files("storywatch").joinpath("board/index.html").read_bytes()
+    except (FileNotFoundError, OSError):
+        return b"<!doctype html><title>storywatch</title><p>The board is not installed.</p>"
+
+
+def _first(query: Mapping[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None

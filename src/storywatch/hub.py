@@ -1,0 +1,81 @@
+"""The hub: current state, the replay window and fan-out to sessions — pure.
+
+Every event passes here once, in seq order: it updates the stories used for snapshots,
+enters the replay buffer and is offered to every session. Matching is cached per distinct
+filter for each event, so a thousand clients with the same filter cost one match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from storywatch.events import Event, Json
+from storywatch.filters import Filter
+from storywatch.log import ReplayBuffer
+from storywatch.session import Session
+
+
+class Hub:
+    def __init__(self, buffer: ReplayBuffer, stories: dict[str, Json] | None = None) -> None:
+        self.buffer = buffer
+        self._stories: dict[str, Json] = stories or {}
+        self.sessions: set[Session] = set()
+        self.listeners: list[Callable[[list[Event]], None]] = []
+        self.counts: dict[str, int] = {}
+
+    @property
+    def epoch(self) -> str:
+        return self.buffer.epoch
+
+    @property
+    def seq(self) -> int:
+        return self.buffer.seq
+
+    def stories(self) -> Iterable[Json]:
+        return self._stories.values()
+
+    def story(self, story_id: str) -> Json | None:
+        return self._stories.get(story_id)
+
+    def __len__(self) -> int:
+        return len(self._stories)
+
+    def replay(self, epoch: Any, since_seq: Any) -> list[Event] | None:
+        return self.buffer.after(epoch, since_seq)
+
+    def publish(self, events: list[Event]) -> None:
+        for event in events:
+            self._apply(event)
+            self.buffer.add(event)
+            cache: dict[Filter, bool] = {}
+
+            def matches(flt: Filter, ev: Event, cache: dict[Filter, bool] = cache) -> bool:
+                hit = cache.get(flt)
+                if hit is None:
+                    hit = cache[flt] = flt.matches(ev.type, ev.before(), ev.after())
+                return hit
+
+            for session in self.sessions:
+                session.offer(event, matches)
+        for listener in self.listeners:
+            listener(events)
+
+    def replace_stories(self, stories: dict[str, Json]) -> None:
+        """The state after a silent initial scan (a fresh log has nothing to tell)."""
+        self._stories = stories
+
+    def reset(self, epoch: str, seq: int, stories: dict[str, Json]) -> None:
+        """History was lost (e.g. Redis restarted empty): start over and tell everyone."""
+        self.buffer.reset(epoch, seq)
+        self._stories = stories
+        for session in self.sessions:
+            session.resync("epoch_changed", epoch, seq, keep_subs=True)
+
+    def _apply(self, event: Event) -> None:
+        kind = event.type
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if kind == "story.deleted":
+            self._stories.pop(event.story_id, None)
+        elif kind != "story.invalid":
+            self._stories[event.story_id] = event.story

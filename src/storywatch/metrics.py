@@ -1,0 +1,64 @@
+"""Prometheus metrics, ``storywatch_*``, in a registry of the server's own."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events = Counter(
+            "storywatch_events", "Events appended to the log, by type", ["type"], registry=r
+        )
+        self.deliveries = Counter(
+            "storywatch_deliveries", "Event frames written to WebSocket clients", registry=r
+        )
+        self.coalesced = Counter(
+            "storywatch_coalesced", "Pending events merged into a later one", registry=r
+        )
+        self.dropped = Counter(
+            "storywatch_dropped",
+            "Connections resynced or closed because they fell behind, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.connections = Gauge(
+            "storywatch_connections", "Open WebSocket connections", registry=r
+        )
+        self.connections_total = Counter(
+            "storywatch_connections_opened", "WebSocket connections accepted", registry=r
+        )
+        self.rejected = Counter(
+            "storywatch_rejected_requests", "HTTP requests refused, by status", ["status"],
+            registry=r,
+        )
+        self.parse_errors = Counter(
+            "storywatch_parse_errors", "Story files that failed to parse, by reason", ["reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "storywatch_batch_size", "Events per settled batch",
+            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000), registry=r,
+        )
+        self.latency = Histogram(
+            "storywatch_delivery_latency_seconds",
+            "From the event's creation (after its file settled) to its frame being written",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.stories = Gauge("storywatch_stories", "Stories in the index", registry=r)
+        self.seq = Gauge("storywatch_seq", "Latest event seq", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

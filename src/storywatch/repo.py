@@ -1,0 +1,137 @@
+"""Reading the story repo from disk: walking, reading files safely, the git HEAD."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from storywatch.paths import PathRules
+from storywatch.story import ParseError, ParseResult, parse_story
+
+logger = logging.getLogger(__name__)
+
+
+class Repo:
+    def __init__(self, root: Path, rules: PathRules, *, max_file_bytes: int = 1_048_576) -> None:
+        self.root = root
+        self.real_root = root.resolve()
+        self.rules = rules
+        self.max_file_bytes = max_file_bytes
+
+    def rel(self, path: str | os.PathLike[str]) -> str | None:
+        """The POSIX path relative to the root, or None when outside it."""
+        try:
+            rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root))
+        except ValueError:
+            try:
+                rel = Path(os.path.abspath(path)).relative_to(self.real_root)
+            except ValueError:
+                return None
+        text = rel.as_posix()
+        return None if text == "." else text
+
+    def walk(self, under: str = "") -> list[str]:
+        """Every wanted file below ``under`` (a relative folder; "" = the root), sorted."""
+        found: list[str] = []
+        start = self.root / under if under else self.root
+        stack = [(start, under)]
+        while stack:
+            folder, prefix = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue  # vanished or unreadable folder: nothing to find there
+            for entry in entries:
+                rel = f"{prefix}/{entry.name}" if prefix else entry.name
+                try:
+                    # Folders are walked only when real: links to folders are never followed.
+                    if entry.is_dir(follow_symlinks=False):
+                        if not self.rules.ignored_dir(entry.name):
+                            stack.append((Path(entry.path), rel))
+                    elif self.rules.wanted(rel):
+                        found.append(rel)
+                except OSError:
+                    continue
+        found.sort()
+        return found
+
+    def is_dir(self, rel: str) -> bool:
+        path = self.root / rel
+        return path.is_dir() and not path.is_symlink()
+
+    def read(self, rel: str) -> ParseResult | None:
+        """Parse the file at ``rel``; None when it is gone or not a file we may read."""
+        path = self.root / rel
+        try:
+            if path.is_symlink():
+                target = path.resolve(strict=True)
+                if not target.is_relative_to(self.real_root):
+                    logger.debug("ignoring %s: symlink leads outside the repo", rel)
+                    return None
+            st = path.stat()
+            if not _is_regular(st.st_mode):
+                return None
+            if st.st_size > self.max_file_bytes:
+                return ParseError(
+                    "too_large", f"file is {st.st_size} bytes, limit is {self.max_file_bytes}"
+                )
+            with open(path, "rb") as handle:
+                raw = handle.read(self.max_file_bytes + 1)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except RuntimeError:  # symlink loop in Path.resolve
+            return None
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP
+                return None
+            return ParseError("unreadable", f"cannot read file: {exc.strerror or exc}")
+        return parse_story(rel, raw, max_bytes=self.max_file_bytes)
+
+    def read_many(self, rels: Iterable[str]) -> dict[str, ParseResult | None]:
+        return {rel: self.read(rel) for rel in rels}
+
+    def git_head(self) -> dict[str, Any] | None:
+        """{"head": sha, "branch": name or None} for a git checkout, else None."""
+        git = self.root / ".git"
+        try:
+            if git.is_file():  # worktree or submodule: "gitdir: …"
+                pointer = git.read_text().strip()
+                git = (self.root / pointer.removeprefix("gitdir:").strip()).resolve()
+            head = (git / "HEAD").read_text().strip()
+        except OSError:
+            return None
+        if not head.startswith("ref:"):
+            return {"head": head, "branch": None}
+        ref = head[4:].strip()
+        branch = ref.removeprefix("refs/heads/")
+        sha = _read_ref(git, ref)
+        return {"head": sha, "branch": branch}
+
+
+def _read_ref(git: Path, ref: str) -> str | None:
+    try:
+        return (git / ref).read_text().strip()
+    except OSError:
+        pass
+    common = git
+    try:
+        common = (git / (git / "commondir").read_text().strip()).resolve()
+        return (common / ref).read_text().strip()
+    except OSError:
+        pass
+    try:
+        for line in (common / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split(" ", 1)[0]
+    except OSError:
+        pass
+    return None
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)

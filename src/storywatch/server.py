@@ -1,0 +1,374 @@
+"""The only importer of websockets: handshake, auth, sessions and their writers.
+
+Auth, origin and connection limits are decided in ``process_request``, before the upgrade.
+Each connection gets a pure :class:`Session` and a writer task that drains its outbox at
+the pace of its token bucket; a socket that stays unwritable for ``SLOW_CLIENT_S`` is
+closed with 1013, so one stalled phone never holds memory or the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import ssl
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from storywatch import SERVER_NAME
+from storywatch.auth import Authenticator, origin_allowed, principal_of, token_from
+from storywatch.config import Settings, TokenEntry
+from storywatch.events import Event, Json, utc_now_iso
+from storywatch.http import Api, HttpReply, board_page, error_reply, json_reply
+from storywatch.hub import Hub
+from storywatch.ingest import Ingest
+from storywatch.metrics import CONTENT_TYPE_LATEST, Metrics
+from storywatch.session import Close, PublishRequest, Session
+
+logger = logging.getLogger(__name__)
+
+SUBPROTOCOL: Final = Subprotocol("storywatch.v1")
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+SLOW_CLIENT_S: Final = 30.0
+PING_INTERVAL_S: Final = 20.0
+PING_TIMEOUT_S: Final = 20.0
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+CLOSE_OVERLOADED: Final = 1013
+
+
+class _Connection(ServerConnection):
+    """Applies the handshake timeout to receiving the request only, so a long-poll
+    answered from ``process_request`` is not cut short by it."""
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            await asyncio.wait(
+                [self.request_rcvd, self.connection_lost_waiter],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        await super().handshake(*args, **kwargs)
+
+
+class StoryServer:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        metrics: Metrics,
+        *,
+        ingest: Ingest | None,
+        health: Callable[[], tuple[int, Json]],
+        body_of: Callable[[str], str | None],
+        authenticator: Authenticator,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.metrics = metrics
+        self.ingest = ingest
+        self.health = health
+        self.auth = authenticator
+        self.api = Api(hub, body_of)
+        self.tls = bool(settings.server.tls_cert)
+        self._server: Server | None = None
+        self._accepted: weakref.WeakKeyDictionary[ServerConnection, TokenEntry] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sessions: dict[Session, tuple[ServerConnection, TokenEntry]] = {}
+        self._ids = itertools.count(1)
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings.server
+        ssl_context = None
+        if s.tls_cert:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(s.tls_cert, s.tls_key)
+        self._server = await serve(
+            self._handle,
+            s.host,
+            s.port,
+            create_connection=_Connection,
+            process_request=self._process_request,
+            select_subprotocol=_select_subprotocol,
+            subprotocols=[SUBPROTOCOL],
+            max_size=self.settings.limits.max_message_bytes,
+            compression=None,  # per-message deflate costs ~100 kB per connection
+            ping_interval=PING_INTERVAL_S,
+            ping_timeout=PING_TIMEOUT_S,
+            open_timeout=None,  # applied by _Connection.handshake
+            close_timeout=5,
+            server_header=SERVER_NAME,
+            ssl=ssl_context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if ssl_context else None,
+            logger=logging.getLogger("storywatch.websockets"),
+        )
+        self._heartbeat_task = asyncio.create_task(self._heartbeats())
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return 0
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else 0
+
+    async def close(self) -> None:
+        """Stop accepting, close every client with 1001 and wait for them."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._sessions)
+
+    def reload_tokens(self, entries: Sequence[TokenEntry]) -> int:
+        """New token list: close connections whose token was removed or narrowed."""
+        self.auth = Authenticator(entries)
+        by_hash = {e.sha256: e for e in entries}
+        closed = 0
+        for session, (connection, old) in list(self._sessions.items()):
+            new = by_hash.get(old.sha256)
+            if new is None or _narrowed(old, new):
+                closed += 1
+                asyncio.ensure_future(connection.close(CLOSE_POLICY, "token revoked or narrowed"))
+            else:
+                self._sessions[session] = (connection, new)
+                session.principal = principal_of(new)
+        return closed
+
+    # -- HTTP, before any upgrade -----------------------------------------------------
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        route = urlsplit(request.path).path
+        if route == "/healthz":
+            status, payload = self.health()
+            return _response(json_reply(status, payload))
+        if route in ("/", "/index.html"):
+            return _response(HttpReply(200, board_page(), "text/html; charset=utf-8"))
+        if route == "/metrics" and self.settings.server.metrics_public:
+            return _response(HttpReply(200, self.metrics.render(), CONTENT_TYPE_LATEST))
+        if not (route == "/ws" or route.startswith("/api/") or route == "/metrics"):
+            return self._refuse(404, "not_found", "no such endpoint")
+
+        headers = request.headers
+        if not origin_allowed(
+            headers.get("Origin"), headers.get("Host"), self.tls, self.settings.server.origins
+        ):
+            return self._refuse(403, "forbidden", "origin not allowed")
+        entry = self.auth.lookup(token_from(request.path, headers.get("Authorization")))
+        if entry is None:
+            return self._refuse(401, "unauthorized", "missing or unknown token")
+        principal = principal_of(entry)
+
+        if route == "/metrics":
+            if not principal.can("admin"):
+                return self._refuse(403, "forbidden", "metrics need a token with scope admin")
+            return _response(HttpReply(200, self.metrics.render(), CONTENT_TYPE_LATEST))
+        if route.startswith("/api/"):
+            if not principal.can("read"):
+                return self._refuse(403, "forbidden", "this token has no read scope")
+            return _response(await self.api.handle(request.path, principal))
+
+        # /ws
+        if not (principal.can("read") or principal.can("publish")):
+            return self._refuse(403, "forbidden", "this token has neither read nor publish scope")
+        limits = self.settings.limits
+        if len(self._accepted) >= limits.max_connections:
+            return self._refuse(503, "overloaded", "too many connections")
+        per_token = sum(1 for e in self._accepted.values() if e.name == entry.name)
+        if per_token >= limits.max_connections_per_token:
+            return self._refuse(429, "too_many_connections", "too many connections for token")
+        self._accepted[connection] = entry
+        return None
+
+    def _refuse(self, status: int, code: str, message: str) -> Response:
+        self.metrics.rejected.labels(str(status)).inc()
+        return _response(error_reply(status, code, message))
+
+    # -- WebSocket connections --------------------------------------------------------
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        entry = self._accepted.get(connection)
+        if entry is None:  # cannot happen: process_request accepted it
+            await connection.close(1011, "internal error")
+            return
+        loop = asyncio.get_running_loop()
+        session = Session(f"c{next(self._ids)}", principal_of(entry), self.settings.limits,
+                          loop.time())
+        self._sessions[session] = (connection, entry)
+        self.hub.sessions.add(session)
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+        peer = _peer(connection)
+        logger.info("connection %s open: %s as %s", session.id, peer, entry.name)
+        session.send_control(
+            {
+                "type": "welcome",
+                "session": session.id,
+                "server": SERVER_NAME,
+                "epoch": self.hub.epoch,
+                "seq": self.hub.seq,
+                "heartbeat_s": self.settings.server.heartbeat_s,
+                "user": entry.name,
+                "scopes": sorted(entry.scopes),
+            }
+        )
+        writer = asyncio.create_task(self._writer(connection, session))
+        try:
+            await self._reader(connection, session)
+        except ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+            self.hub.sessions.discard(session)
+            self._sessions.pop(session, None)
+            self.metrics.connections.dec()
+            code = connection.close_code
+            logger.info("connection %s closed: code %s", session.id, code)
+
+    async def _reader(self, connection: ServerConnection, session: Session) -> None:
+        loop = asyncio.get_running_loop()
+        async for message in connection:
+            outcome = session.handle_message(message, loop.time(), self.hub)
+            if isinstance(outcome, Close):
+                self.metrics.dropped.labels("abuse").inc()
+                await connection.close(outcome.code, outcome.reason)
+                return
+            if isinstance(outcome, PublishRequest):
+                await self._publish(session, outcome)
+
+    async def _publish(self, session: Session, request: PublishRequest) -> None:
+        if self.ingest is None:
+            session.send_error("forbidden", "this server does not accept publish", request.ref)
+            return
+        scope = session.principal.scope
+        if scope.epics is not None and not self._publish_in_scope(request, session):
+            session.send_error("forbidden", "publish outside this token's epics", request.ref)
+            return
+        events = await self.ingest.publish(request.items, request.source)
+        session.send_control(
+            {
+                "type": "published",
+                "ref": request.ref,
+                "count": len(events),
+                "seq": events[-1].seq if events else self.hub.seq,
+            }
+        )
+
+    def _publish_in_scope(self, request: PublishRequest, session: Session) -> bool:
+        scope = session.principal.scope
+        for item in request.items:
+            if item["op"] == "upsert":
+                if not scope.sees(item["story"]):
+                    return False
+                current = self.hub.story(str(item["story"]["id"]))
+            else:
+                current = self.hub.story(str(item["id"]))
+            if current is not None and not scope.sees(current):
+                return False
+        return True
+
+    async def _writer(self, connection: ServerConnection, session: Session) -> None:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        session.wakeup = wake.set
+        try:
+            while True:
+                frame, wait, born = session.next_frame(loop.time())
+                if frame is None:
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    else:
+                        wake.clear()
+                        await wake.wait()
+                    continue
+                try:
+                    async with asyncio.timeout(SLOW_CLIENT_S):
+                        await connection.send(frame)
+                except TimeoutError:
+                    logger.warning("connection %s too slow to read; closing", session.id)
+                    self.metrics.dropped.labels("slow").inc()
+                    await connection.close(CLOSE_OVERLOADED, "too slow to read")
+                    return
+                if born:
+                    self.metrics.deliveries.inc()
+                    self.metrics.latency.observe(max(0.0, time.time() - born))
+        except ConnectionClosed:
+            return
+
+    async def _heartbeats(self) -> None:
+        interval = self.settings.server.heartbeat_s
+        while True:
+            await asyncio.sleep(interval)
+            frame = json.dumps(
+                {"type": "heartbeat", "time": utc_now_iso(), "seq": self.hub.seq},
+                separators=(",", ":"),
+            )
+            for session in list(self._sessions):
+                session.send_raw(frame)
+            self.metrics.stories.set(len(self.hub))
+            self.metrics.seq.set(self.hub.seq)
+
+
+def events_counter(metrics: Metrics) -> Callable[[list[Event]], None]:
+    def count(events: list[Event]) -> None:
+        for event in events:
+            metrics.events.labels(event.type).inc()
+        if events:
+            metrics.seq.set(events[-1].seq)
+
+    return count
+
+
+def _select_subprotocol(
+    connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    if SUBPROTOCOL in subprotocols:
+        return SUBPROTOCOL
+    if not subprotocols:
+        return None
+    raise NegotiationError(f"unsupported subprotocols; this server speaks {SUBPROTOCOL}")
+
+
+def _narrowed(old: TokenEntry, new: TokenEntry) -> bool:
+    if old.scopes - new.scopes:
+        return True
+    if new.epics is None:
+        return False
+    return old.epics is None or bool(old.epics - new.epics)
+
+
+def _response(reply: HttpReply) -> Response:
+    headers = Headers()
+    headers["Content-Type"] = reply.content_type
+    headers["Content-Length"] = str(len(reply.body))
+    headers["Cache-Control"] = "no-store"
+    headers["Connection"] = "close"
+    for key, value in reply.headers.items():
+        headers[key] = value
+    return Response(reply.status, HTTPStatus(reply.status).phrase, headers, reply.body)
+
+
+def _peer(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)

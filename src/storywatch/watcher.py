@@ -1,0 +1,205 @@
+"""The only importer of watchfiles: settled batches of paths → re-read → ingest.
+
+watchfiles hands over a set of paths once the tree has been quiet for ``settle_ms``. The
+watcher re-reads those files (folders are walked: a moved-in folder arrives as one path),
+and passes the parse results to the ingest, with two holds that make editors and git
+come out right:
+
+- a story file that disappears is held for ``delete_grace_ms``: if its id comes back at any
+  path meanwhile, the change is a move or an update, never a delete plus a create;
+- a story file that is empty or unparsable is re-read once ``delete_grace_ms`` has passed,
+  before ``story.invalid`` is reported (truncate-then-write saves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from watchfiles import Change, awatch
+
+from storywatch.config import WatchSettings
+from storywatch.events import Json
+from storywatch.ingest import Ingest
+from storywatch.repo import Repo
+from storywatch.story import ParseError, ParseResult, Story
+
+logger = logging.getLogger(__name__)
+
+# Batches keep collecting while changes keep coming, but never longer than this, so a
+# settled file is reported within a second even during a long checkout.
+MAX_BATCH_MS = 500
+# Reading more files than this moves the work off the event loop.
+THREAD_THRESHOLD = 64
+
+
+@dataclass
+class _Held:
+    story_id: str
+    deadline: float
+    source: Json
+
+
+class Watcher:
+    def __init__(self, repo: Repo, ingest: Ingest, settings: WatchSettings) -> None:
+        self.repo = repo
+        self.ingest = ingest
+        self.settings = settings
+        self.grace_s = settings.delete_grace_ms / 1000
+        self.held: dict[str, _Held] = {}  # vanished story files, by path
+        self.recheck: dict[str, _Held] = {}  # broken story files to read again, by path
+        self.last_head: dict[str, Any] | None = repo.git_head()
+        self.running = asyncio.Event()
+        self.initial_done = asyncio.Event()
+        self._batches = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        """Watch until :meth:`stop`; set ``running`` once changes are being observed."""
+        changes_iter = awatch(
+            self.repo.root,
+            watch_filter=self._wanted,
+            step=max(1, self.settings.settle_ms),
+            debounce=max(MAX_BATCH_MS, self.settings.settle_ms * 2),
+            stop_event=self._stop,
+            force_polling=self.settings.force_polling,
+            ignore_permission_denied=True,
+            rust_timeout=1000,
+            yield_on_timeout=True,
+        )
+        first = asyncio.ensure_future(changes_iter.__anext__())
+        # watchfiles installs its watches before its first await; one turn of the loop
+        # is enough for changes made from now on to be seen.
+        await asyncio.sleep(0.05)
+        self.running.set()
+        await self.initial_done.wait()
+        try:
+            raw = await first
+            while True:
+                if raw:
+                    await self._on_batch(raw)
+                raw = await changes_iter.__anext__()
+        except StopAsyncIteration:
+            pass
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _wanted(self, change: Change, path: str) -> bool:
+        rel = self.repo.rel(path)
+        if rel is None:
+            return False
+        if self.repo.rules.wanted(rel):
+            return True
+        # Folder events matter (a folder moved in or out carries its stories along).
+        return self.repo.rules.dir_wanted(rel) and not self.repo.rules.ignored_name(
+            rel.rsplit("/", 1)[-1]
+        )
+
+    def _expand(self, raw: set[tuple[Change, str]]) -> set[str]:
+        rels: set[str] = set()
+        index_paths: list[str] | None = None
+        for _change, path in raw:
+            rel = self.repo.rel(path)
+            if rel is None:
+                continue
+            if self.repo.rules.wanted(rel):
+                rels.add(rel)
+                continue
+            if self.repo.is_dir(rel):
+                rels.update(self.repo.walk(rel))
+            # A folder that went away takes its stories with it.
+            if index_paths is None:
+                index_paths = list(self.ingest.index.paths())
+            prefix = rel + "/"
+            rels.update(p for p in index_paths if p.startswith(prefix))
+        return rels
+
+    async def _on_batch(self, raw: set[tuple[Change, str]]) -> None:
+        rels = self._expand(raw)
+        if not rels:
+            return
+        results = await self._read(rels)
+        source = self._source()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        index = self.ingest.index
+        returning = {r.id for r in results.values() if isinstance(r, Story)}
+        for rel in results:  # fresh content replaces anything held for the same path
+            self.held.pop(rel, None)
+            self.recheck.pop(rel, None)
+        for rel, held in list(self.held.items()):
+            if held.story_id in returning:  # came back elsewhere: a move, now
+                results[rel] = None
+                del self.held[rel]
+        for rel, result in list(results.items()):
+            story_id = index.owns(rel)
+            if story_id is None or self.grace_s <= 0:
+                continue
+            if result is None and story_id not in returning:
+                self.held[rel] = _Held(story_id, now + self.grace_s, source)
+                del results[rel]
+            elif isinstance(result, ParseError) and rel not in index.broken:
+                self.recheck[rel] = _Held(story_id, now + self.grace_s, source)
+                del results[rel]
+        if results:
+            await self.ingest.apply(results, source)
+        self._schedule()
+
+    async def _read(self, rels: set[str]) -> dict[str, ParseResult | None]:
+        ordered = sorted(rels)
+        if len(ordered) > THREAD_THRESHOLD:
+            return await asyncio.to_thread(self.repo.read_many, ordered)
+        return self.repo.read_many(ordered)
+
+    def _source(self) -> Json:
+        source: Json = {"kind": "fs", "batch": f"b-{next(self._batches)}"}
+        head = self.repo.git_head()
+        if head is not None and head != self.last_head:
+            source["git"] = head
+        self.last_head = head
+        return source
+
+    def _schedule(self) -> None:
+        """Arm the timer for the earliest held path."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadlines = [h.deadline for h in (*self.held.values(), *self.recheck.values())]
+        if deadlines:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(min(deadlines), self._expire_soon)
+
+    def _expire_soon(self) -> None:
+        self._timer = None
+        task = asyncio.ensure_future(self._expire())
+        task.add_done_callback(_log_failure)
+
+    async def _expire(self) -> None:
+        now = asyncio.get_running_loop().time()
+        due: dict[str, _Held] = {}
+        for table in (self.held, self.recheck):
+            for rel, held in list(table.items()):
+                if held.deadline <= now + 0.001:
+                    due[rel] = held
+                    del table[rel]
+        # Group by source so each event keeps the batch it was seen in.
+        by_source: dict[int, tuple[Json, list[str]]] = {}
+        for rel, held in due.items():
+            by_source.setdefault(id(held.source), (held.source, []))[1].append(rel)
+        for source, rels in by_source.values():
+            results = self.repo.read_many(sorted(rels))
+            await self.ingest.apply(results, source)
+        self._schedule()
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("processing held changes failed", exc_info=task.exception())
