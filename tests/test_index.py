@@ -386,6 +386,31 @@ def test_owner_changes_id_duplicate_takes_over() -> None:
     ]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: when the owner is renamed (git mv) to a path sorting after an existing "
+    "duplicate, the duplicate takes the id (moved with its content) and the renamed owner "
+    "is reported duplicate_id",
+)
+def test_renamed_owner_keeps_its_id_against_an_older_duplicate() -> None:
+    index = fresh({"a.md": story_text("A", title="owner"), "z.md": story_text("A", title="dup")})
+    drafts = apply(index, {"a.md": None, "zz.md": story_text("A", title="owner")})
+    assert [(d.type, d.old_path, d.path, d.changes) for d in drafts] == [
+        ("story.moved", "a.md", "zz.md", {})
+    ]
+    assert index.owns("zz.md") == "A"
+    assert [(p, e.reason) for p, _, e in index.problems()] == [("z.md", "duplicate_id")]
+
+
+def test_renamed_owner_keeps_its_id_when_it_sorts_first() -> None:
+    index = fresh({"a.md": story_text("A", title="owner"), "z.md": story_text("A", title="dup")})
+    draft = one(apply(index, {"a.md": None, "b.md": story_text("A", title="owner")}))
+    assert (draft.type, draft.old_path, draft.path, draft.changes) == (
+        "story.moved", "a.md", "b.md", {}
+    )
+    assert index.owns("b.md") == "A"
+
+
 def test_broken_owner_keeps_its_id() -> None:
     index = fresh({"a.md": story_text("A"), "b.md": story_text("A")})
     assert types(apply(index, {"a.md": BROKEN})) == ["story.invalid"]
@@ -506,6 +531,7 @@ ops = st.one_of(
     st.tuples(st.just("write"), st.sampled_from(PATHS), texts),
     st.tuples(st.just("delete"), st.sampled_from(PATHS), st.none()),
     st.tuples(st.just("rename"), st.sampled_from(PATHS), st.sampled_from(PATHS)),
+    st.tuples(st.just("copy"), st.sampled_from(PATHS), st.sampled_from(PATHS)),
 )
 batches = st.lists(st.lists(ops, min_size=1, max_size=5), min_size=1, max_size=8)
 
@@ -519,8 +545,8 @@ def _run_batch(disk: dict[str, str], batch: list[tuple[str, str, Any]]) -> dict[
         elif op == "delete":
             disk.pop(path, None)
             touched.add(path)
-        elif path in disk and arg != path:  # rename path → arg
-            disk[arg] = disk.pop(path)
+        elif path in disk and arg != path:  # rename or copy path → arg
+            disk[arg] = disk.pop(path) if op == "rename" else disk[path]
             touched |= {path, arg}
     return {path: disk.get(path) for path in sorted(touched)}
 
@@ -589,3 +615,23 @@ def test_diff_properties(script: list[list[tuple[str, str, Any]]]) -> None:
 
         # (4) re-applying the current content of every path changes nothing
         assert apply(index, {path: disk.get(path) for path in PATHS}) == []
+
+
+# (a former story that lost its front-matter is left out: see the xfail test above)
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+@given(batches)
+def test_records_round_trip_is_transparent(script: list[list[tuple[str, str, Any]]]) -> None:
+    index = Index()
+    disk: dict[str, str] = {}
+    for batch in script:
+        files = {
+            path: None if text == NO_FRONT_MATTER else text
+            for path, text in _run_batch(disk, batch).items()
+        }
+        restored = _round_trip(index)
+        assert apply(restored, files) == apply(index, files)
+        assert restored.stories == index.stories
+        assert restored.claims == index.claims
+        assert restored.owner == index.owner
