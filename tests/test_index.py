@@ -248,7 +248,7 @@ def test_same_error_twice_is_one_invalid_event() -> None:
     assert types(apply(index, {"a.md": BROKEN})) == ["story.invalid"]
     assert apply(index, {"a.md": BROKEN}) == []
     assert apply(index, {"a.md": BROKEN}) == []
-    other = "---\nid: A\nstatus: ok\n  bad: : :\n---\n"
+    other = "---\nid: A\nlabels: [a\nstatus: ok\n---\n"
     assert types(apply(index, {"a.md": other})) == ["story.invalid"]
 
 

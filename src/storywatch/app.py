@@ -9,6 +9,7 @@ flush and close the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -44,10 +45,8 @@ def local_token(repo: Path) -> GeneratedToken:
     folder = repo / ".storywatch"
     path = folder / "token"
     token = None
-    try:
+    with contextlib.suppress(OSError):
         token = path.read_text().strip() or None
-    except OSError:
-        pass
     if token is None:
         token = new_token()
         try:
@@ -56,8 +55,9 @@ def local_token(repo: Path) -> GeneratedToken:
             with os.fdopen(fd, "w") as handle:
                 handle.write(token + "\n")
         except OSError as exc:
-            logger.warning("cannot keep the generated token in %s (%s); it lasts this run",
-                           path, exc.strerror)
+            logger.warning(
+                "cannot keep the generated token in %s (%s); it lasts this run", path, exc.strerror
+            )
     entry = TokenEntry(
         name=GENERATED_TOKEN_NAME,
         sha256=hash_token(token),
@@ -124,7 +124,10 @@ class App:
         self.ready = True
         logger.info(
             "ready: %d stories, epoch %s, seq %d, backend %s",
-            len(self.hub), self.hub.epoch, self.hub.seq, self.log.kind,
+            len(self.hub),
+            self.hub.epoch,
+            self.hub.seq,
+            self.log.kind,
         )
 
     async def _start_watching(self, *, fresh: bool) -> None:
@@ -158,8 +161,9 @@ class App:
     def health(self) -> tuple[int, Json]:
         hub = self.hub
         backend_ok = self.log.healthy
-        status = "ok" if self.ready and backend_ok else ("starting" if not self.ready else
-                                                         "degraded")
+        status = (
+            "ok" if self.ready and backend_ok else ("starting" if not self.ready else "degraded")
+        )
         payload: Json = {
             "status": status,
             "stories": len(hub) if hub else 0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from storywatch.events import Event, Json, old_state
 from storywatch.filters import Scope
@@ -145,4 +144,3 @@ def merge(first: Pending, second: Pending) -> Pending | None:
             break
     data["coalesced"] = count
     return Pending(None, data, subs, first.replay and second.replay, count)
-

@@ -68,9 +68,17 @@ CHOICES: Final[dict[str, tuple[str, ...]]] = {
     "log.level": ("debug", "info", "warning", "error"),
 }
 POSITIVE: Final = {
-    "watch.max_file_bytes", "server.heartbeat_s", "backend.buffer_size", "limits.rate_per_s",
-    "limits.burst", "limits.max_pending", "limits.inbound_per_s", "limits.inbound_burst",
-    "limits.max_message_bytes", "limits.max_subscriptions", "limits.max_connections",
+    "watch.max_file_bytes",
+    "server.heartbeat_s",
+    "backend.buffer_size",
+    "limits.rate_per_s",
+    "limits.burst",
+    "limits.max_pending",
+    "limits.inbound_per_s",
+    "limits.inbound_burst",
+    "limits.max_message_bytes",
+    "limits.max_subscriptions",
+    "limits.max_connections",
     "limits.max_connections_per_token",
 }
 FRACTIONAL: Final = {"server.heartbeat_s", "limits.rate_per_s", "limits.inbound_per_s"}

@@ -77,7 +77,8 @@ class Event:
     seq: int
     epoch: str
     data: Json  # the full wire form, without per-connection fields
-    born: float = field(default=0.0, compare=False)  # wall-clock creation time in this process (latency metric), else 0
+    # Wall-clock creation time in this process, for the latency metric; 0 when loaded.
+    born: float = field(default=0.0, compare=False)
     _encoded: list[str] = field(default_factory=list, repr=False, compare=False)
     _frames: dict[tuple[tuple[str, ...], bool], str] = field(
         default_factory=dict, repr=False, compare=False

@@ -52,9 +52,7 @@ class Filter:
 
     def to_json(self) -> Json:
         return {
-            key: sorted(value)
-            for key in FILTER_KEYS
-            if (value := getattr(self, key)) is not None
+            key: sorted(value) for key in FILTER_KEYS if (value := getattr(self, key)) is not None
         }
 
     def is_everything(self) -> bool:

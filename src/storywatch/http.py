@@ -7,6 +7,7 @@ handler that reveals stories filters them through the caller's token scope first
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -105,14 +106,11 @@ class Api:
         while True:
             replay = self.hub.replay(epoch, since)
             if replay is None:
-                return json_reply(
-                    200,
-                    {"epoch": self.hub.epoch, "seq": self.hub.seq, "recovered": False, "events": []},
-                )
-            frames = self._visible(replay[:MAX_EVENTS_PER_POLL], principal, flt)
-            cursor = replay[MAX_EVENTS_PER_POLL - 1].seq if len(replay) > MAX_EVENTS_PER_POLL else (
-                self.hub.seq
-            )
+                lost = {"epoch": self.hub.epoch, "seq": self.hub.seq, "recovered": False}
+                return json_reply(200, {**lost, "events": []})
+            page = replay[:MAX_EVENTS_PER_POLL]
+            frames = self._visible(page, principal, flt)
+            cursor = page[-1].seq if len(replay) > len(page) else self.hub.seq
             remaining = deadline - loop.time()
             if frames or remaining <= 0:
                 return json_reply(
@@ -120,10 +118,8 @@ class Api:
                     {"epoch": self.hub.epoch, "seq": cursor, "recovered": True, "events": frames},
                 )
             since = cursor
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new_events.wait(), remaining)
-            except TimeoutError:
-                pass
 
     def _visible(self, events: list[Event], principal: Principal, flt: Filter) -> list[Json]:
         out = []

@@ -80,7 +80,9 @@ class Index:
         index = cls()
         for path, record in records.items():
             story = Story(
-                id=record["id"], path=record["story"]["path"], fields=record["story"],
+                id=record["id"],
+                path=record["story"]["path"],
+                fields=record["story"],
                 body=record["body"],
             )
             index.claims[path] = story.id

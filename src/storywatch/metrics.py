@@ -33,23 +33,27 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.connections = Gauge(
-            "storywatch_connections", "Open WebSocket connections", registry=r
-        )
+        self.connections = Gauge("storywatch_connections", "Open WebSocket connections", registry=r)
         self.connections_total = Counter(
             "storywatch_connections_opened", "WebSocket connections accepted", registry=r
         )
         self.rejected = Counter(
-            "storywatch_rejected_requests", "HTTP requests refused, by status", ["status"],
+            "storywatch_rejected_requests",
+            "HTTP requests refused, by status",
+            ["status"],
             registry=r,
         )
         self.parse_errors = Counter(
-            "storywatch_parse_errors", "Story files that failed to parse, by reason", ["reason"],
+            "storywatch_parse_errors",
+            "Story files that failed to parse, by reason",
+            ["reason"],
             registry=r,
         )
         self.batch_size = Histogram(
-            "storywatch_batch_size", "Events per settled batch",
-            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000), registry=r,
+            "storywatch_batch_size",
+            "Events per settled batch",
+            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000),
+            registry=r,
         )
         self.latency = Histogram(
             "storywatch_delivery_latency_seconds",

@@ -15,13 +15,27 @@ from typing import Final
 IGNORED_DIRS: Final = frozenset({".git", ".storywatch", "node_modules", "__pycache__"})
 # Editor and sync temp files (vim, emacs, JetBrains, Syncthing, …), beyond the *.md filter.
 IGNORED_FILES: Final = (
-    "*.swp", "*.swx", "*.swo", "*~", ".#*", "#*#", "4913", "*___jb_tmp___", "*___jb_old___",
-    "*.tmp", ".syncthing.*", "~syncthing~*", ".~lock.*", "*.crdownload", "*.part", ".DS_Store",
-    ".*.md.*", "*.md.*.tmp", ".goutputstream-*",
+    "*.swp",
+    "*.swx",
+    "*.swo",
+    "*~",
+    ".#*",
+    "#*#",
+    "4913",
+    "*___jb_tmp___",
+    "*___jb_old___",
+    "*.tmp",
+    ".syncthing.*",
+    "~syncthing~*",
+    ".~lock.*",
+    "*.crdownload",
+    "*.part",
+    ".DS_Store",
+    ".*.md.*",
+    "*.md.*.tmp",
+    ".goutputstream-*",
 )
-_IGNORED_FILE_RE: Final = re.compile(
-    "|".join(fnmatch.translate(p) for p in IGNORED_FILES)
-)
+_IGNORED_FILE_RE: Final = re.compile("|".join(fnmatch.translate(p) for p in IGNORED_FILES))
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:

@@ -88,6 +88,7 @@ class StoryServer:
         self._sessions: dict[Session, tuple[ServerConnection, TokenEntry]] = {}
         self._ids = itertools.count(1)
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Future[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -146,7 +147,11 @@ class StoryServer:
             new = by_hash.get(old.sha256)
             if new is None or _narrowed(old, new):
                 closed += 1
-                asyncio.ensure_future(connection.close(CLOSE_POLICY, "token revoked or narrowed"))
+                task = asyncio.ensure_future(
+                    connection.close(CLOSE_POLICY, "token revoked or narrowed")
+                )
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             else:
                 self._sessions[session] = (connection, new)
                 session.principal = principal_of(new)
@@ -211,8 +216,9 @@ class StoryServer:
             await connection.close(1011, "internal error")
             return
         loop = asyncio.get_running_loop()
-        session = Session(f"c{next(self._ids)}", principal_of(entry), self.settings.limits,
-                          loop.time())
+        session = Session(
+            f"c{next(self._ids)}", principal_of(entry), self.settings.limits, loop.time()
+        )
         self._sessions[session] = (connection, entry)
         self.hub.sessions.add(session)
         self.metrics.connections.inc()

@@ -156,7 +156,7 @@ class Session:
         if since is not None and (
             not isinstance(since, dict) or "epoch" not in since or "seq" not in since
         ):
-            self.send_error("bad_request", "`since` must be {\"epoch\": …, \"seq\": …}", sub)
+            self.send_error("bad_request", '`since` must be {"epoch": …, "seq": …}', sub)
             return
         if not isinstance(snapshot, bool):
             self.send_error("bad_request", "`snapshot` must be true or false", sub)

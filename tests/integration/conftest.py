@@ -32,3 +32,9 @@ def daemon(repo: Path, daemon_factory: type[Daemon]) -> Daemon:
     d = daemon_factory(repo).start()
     d.wait_healthy()
     return d
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)

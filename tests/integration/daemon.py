@@ -259,7 +259,7 @@ class Client:
             message, _ = await self.recv_until(
                 lambda m: str(m.get("type", "")).startswith("story."), within
             )
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return
         raise AssertionError(f"unexpected event: {message}")
 

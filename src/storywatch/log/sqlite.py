@@ -144,7 +144,10 @@ class SqliteLog:
                 raise StateError(f"cannot create a state file at {self.path}: {again}") from again
             log.warning(
                 "state file %s is unusable (%s); moved it to %s and started a new epoch %s",
-                self.path, bad, aside.name, state.epoch,
+                self.path,
+                bad,
+                aside.name,
+                state.epoch,
             )
             return state
 
@@ -169,14 +172,13 @@ class SqliteLog:
     def _load(self) -> LogState:
         """Open the file, creating the schema if it is new; _Unusable if it is bad."""
         try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None
-            )
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             conn = self._conn
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-            )}
+            tables = {
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
             if not tables and app_id == 0:
                 return self._create()
             if app_id != APPLICATION_ID or "meta" not in tables:
