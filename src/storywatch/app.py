@@ -1,9 +1,14 @@
 """Wiring and lifecycle: open the log → index → initial scan → watcher → server; and back.
 
-Startup order matters: the watcher is observing before the initial scan reads the files,
-so nothing changed during the scan is missed, and ``/healthz`` turns 200 only when both are
-done. Shutdown is the reverse: stop accepting, close clients with 1001, stop the watcher,
-flush and close the log.
+Startup order matters: the server answers first (``/healthz`` says ``starting`` or
+``degraded`` while the backend is not there yet), the watcher is observing before the
+initial scan reads the files, so nothing changed during the scan is missed, and the app is
+ready only when both are done. Shutdown is the reverse: stop accepting, close clients with
+1001, stop the watcher, flush and close the log.
+
+With Redis, every server follows the shared stream, and processes that may watch compete
+for the watcher lock; the holder diffs its files against the shared index when it takes
+over, so no change is lost or reported twice.
 """
 
 from __future__ import annotations
@@ -14,14 +19,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from storywatch.auth import Authenticator, hash_token, new_token
 from storywatch.config import Settings, TokenEntry
+from storywatch.errors import BackendError, ConfigError
 from storywatch.events import Json
 from storywatch.hub import Hub
 from storywatch.index import Index
 from storywatch.ingest import Ingest
-from storywatch.log import EventLog, ReplayBuffer, open_log
+from storywatch.log import EventLog, LogState, ReplayBuffer, open_log
 from storywatch.metrics import Metrics
 from storywatch.paths import PathRules
 from storywatch.repo import Repo
@@ -32,6 +39,8 @@ from storywatch.watcher import Watcher
 logger = logging.getLogger(__name__)
 
 GENERATED_TOKEN_NAME = "local"
+LOCK_RETRY_S = 1.0
+RENEW_EVERY_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -90,37 +99,49 @@ class App:
         self.metrics = Metrics()
         self.ready = False
         self.log: EventLog = open_log(settings)
-        self.hub: Hub | None = None
-        self.index: Index | None = None
+        self.shared = self.log.kind == "redis"
+        self.hub = Hub(ReplayBuffer(settings.backend.buffer_size, "", 0))
+        self.hub.listeners.append(events_counter(self.metrics))
         self.ingest: Ingest | None = None
         self.watcher: Watcher | None = None
         self.server: StoryServer | None = None
+        self.leading = False
         self._watch_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- startup --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        s = self.settings
-        state = await self.log.open()
-        self.index = Index.from_records(state.index)
-        buffer = ReplayBuffer(s.backend.buffer_size, state.epoch, state.seq, state.recent)
-        stories = {sid: story.fields for sid, story in self.index.stories.items()}
-        self.hub = Hub(buffer, stories)
-        self.hub.listeners.append(events_counter(self.metrics))
-        self.ingest = Ingest(
-            self.index, self.log, self.hub.publish, persist_index=self.log.kind != "memory"
-        )
+        if self.watch and not self.settings.repo.is_dir():
+            raise ConfigError(f"repo: not a folder: {self.settings.repo}")
         if self.serve:
             self.server = StoryServer(
-                s,
+                self.settings,
                 self.hub,
                 self.metrics,
-                ingest=self.ingest,
+                ingest=None,
                 health=self.health,
                 body_of=self._body_of,
                 authenticator=Authenticator(self.tokens),
+                accepting=lambda: self.ready,
             )
             await self.server.start()
-        if self.watch:
-            await self._start_watching(fresh=state.fresh)
+        state = await self._open_log()
+        index = Index.from_records(state.index)
+        self.hub.load(state.epoch, state.seq, state.recent, _stories_of(index))
+        if self.shared:
+            self.ingest = Ingest(index, self.log, None, refresh=self._shared_index)
+            self._spawn(self._follow(state.seq))
+            if self.watch:
+                self._spawn(self._lead())
+        else:
+            self.ingest = Ingest(
+                index, self.log, self.hub.publish, persist_index=self.log.kind != "memory"
+            )
+            if self.watch:
+                await self._start_watching(fresh=state.fresh)
+        if self.server is not None:
+            self.server.ingest = self.ingest
         self.ready = True
         logger.info(
             "ready: %d stories, epoch %s, seq %d, backend %s",
@@ -130,13 +151,24 @@ class App:
             self.log.kind,
         )
 
-    async def _start_watching(self, *, fresh: bool) -> None:
-        s = self.settings
-        assert self.ingest is not None and self.index is not None
-        if not s.repo.is_dir():
-            from storywatch.errors import ConfigError
+    async def _open_log(self) -> LogState:
+        """Open the backend; a shared one is retried with backoff until it answers."""
+        delay = 0.2
+        while True:
+            try:
+                return await self.log.open()
+            except BackendError as exc:
+                if not self.shared:
+                    raise
+                logger.warning("backend unreachable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
-            raise ConfigError(f"repo: not a folder: {s.repo}")
+    async def _start_watching(self, *, fresh: bool) -> None:
+        """Watch, then scan: changes during the scan are seen by both, and diffed once."""
+        s = self.settings
+        if self.ingest is None:
+            return
         repo = Repo(
             s.repo,
             PathRules(s.watch.include, s.watch.exclude),
@@ -144,47 +176,22 @@ class App:
         )
         self.watcher = Watcher(repo, self.ingest, s.watch)
         self._watch_task = asyncio.create_task(self.watcher.run())
+        self._watch_task.add_done_callback(_log_crash("watcher"))
         await self.watcher.running.wait()
-        rels = sorted(set(await asyncio.to_thread(repo.walk)) | set(self.index.paths()))
+        rels = sorted(set(await asyncio.to_thread(repo.walk)) | set(self.ingest.index.paths()))
         results = await asyncio.to_thread(repo.read_many, rels)
         for result in results.values():
             if isinstance(result, ParseError) and result.has_front_matter:
                 self.metrics.parse_errors.labels(result.reason).inc()
-        # A fresh log has no earlier state to compare with: index silently. Otherwise what
-        # changed while we were down is emitted, marked as found at startup.
+        # With no earlier state there is nothing to tell: index silently (a shared backend
+        # gets the whole index). Otherwise what changed while nobody watched is emitted.
         source: Json = {"kind": "fs", "batch": "startup", "startup": True}
-        await self.ingest.apply(results, source, emit=not fresh)
-        if fresh and self.hub is not None:
-            self.hub.replace_stories({sid: st.fields for sid, st in self.index.stories.items()})
+        await self.ingest.apply(results, source, emit=not fresh, reseed=fresh and self.shared)
+        if fresh and not self.shared:
+            self.hub.replace_stories(_stories_of(self.ingest.index))
         self.watcher.initial_done.set()
 
-    def health(self) -> tuple[int, Json]:
-        hub = self.hub
-        backend_ok = self.log.healthy
-        status = (
-            "ok" if self.ready and backend_ok else ("starting" if not self.ready else "degraded")
-        )
-        payload: Json = {
-            "status": status,
-            "stories": len(hub) if hub else 0,
-            "seq": hub.seq if hub else 0,
-            "epoch": hub.epoch if hub else None,
-            "connections": self.server.connection_count if self.server else 0,
-            "backend": {"kind": self.log.kind, "ok": backend_ok},
-        }
-        return (200 if status == "ok" else 503), payload
-
-    def _body_of(self, story_id: str) -> str | None:
-        story = self.index.get(story_id) if self.index else None
-        return story.body if story else None
-
-    def reload_tokens(self, entries: tuple[TokenEntry, ...]) -> int:
-        self.tokens = entries
-        return self.server.reload_tokens(entries) if self.server else 0
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.close()
+    async def _stop_watching(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
         if self._watch_task is not None:
@@ -194,8 +201,125 @@ class App:
                 self._watch_task.cancel()
             except Exception:
                 logger.exception("watcher failed while stopping")
+        self.watcher, self._watch_task = None, None
+
+    # -- shared (Redis) mode --------------------------------------------------------------
+
+    async def _follow(self, after_seq: int) -> None:
+        follow = getattr(self.log, "follow")  # noqa: B009 - only shared backends have it
+        await follow(after_seq, self.hub.publish, self._on_reset)
+
+    async def _on_reset(self, state: LogState) -> None:
+        logger.warning("stream epoch is now %s (history was lost): clients resync", state.epoch)
+        index = Index.from_records(state.index)
+        self.hub.reset(state.epoch, state.seq, _stories_of(index), state.recent)
+
+    async def _shared_index(self) -> Index:
+        load = getattr(self.log, "load")  # noqa: B009
+        state: LogState = await load(0)
+        return Index.from_records(state.index)
+
+    async def _lead(self) -> None:
+        """Compete for the watcher lock; while holding it, watch and keep it renewed."""
+        log: Any = self.log
+        while True:
+            try:
+                acquired = await log.acquire_lock()
+            except BackendError:
+                acquired = False
+            if not acquired:
+                await asyncio.sleep(LOCK_RETRY_S)
+                continue
+            lost = asyncio.Event()
+            try:
+                state: LogState = await log.load(0)
+                if self.ingest is None:
+                    return
+                self.ingest.index = Index.from_records(state.index)
+                self.ingest.on_lost_lead = lost.set
+                logger.info("watcher lock acquired: watching %s", self.settings.repo)
+                self.leading = True
+                await self._start_watching(fresh=not state.index)
+                await self._keep_lock(log, lost)
+            except BackendError as exc:
+                logger.warning("watcher lock: %s", exc)
+            finally:
+                self.leading = False
+                await self._stop_watching()
+            logger.warning("watcher lock lost: this process stops watching")
+
+    async def _keep_lock(self, log: Any, lost: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        ttl = 10.0
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), RENEW_EVERY_S)
+            if lost.is_set():
+                return
+            try:
+                if not await log.renew_lock():
+                    return
+                renewed = loop.time()
+            except BackendError:
+                if loop.time() - renewed > ttl:  # another process may hold it by now
+                    return
+
+    # -- queries and control ------------------------------------------------------------
+
+    def health(self) -> tuple[int, Json]:
+        backend_ok = self.log.healthy
+        if not backend_ok and (self.ready or self.shared):
+            status = "degraded"
+        else:
+            status = "ok" if self.ready else "starting"
+        payload: Json = {
+            "status": status,
+            "stories": len(self.hub),
+            "seq": self.hub.seq,
+            "epoch": self.hub.epoch or None,
+            "connections": self.server.connection_count if self.server else 0,
+            "backend": {"kind": self.log.kind, "ok": backend_ok},
+        }
+        return (200 if status == "ok" else 503), payload
+
+    def _body_of(self, story_id: str) -> str | None:
+        story = self.ingest.index.get(story_id) if self.ingest else None
+        return story.body if story else None
+
+    def reload_tokens(self, entries: tuple[TokenEntry, ...]) -> int:
+        self.tokens = entries
+        return self.server.reload_tokens(entries) if self.server else 0
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        task.add_done_callback(_log_crash(getattr(coro, "__name__", "task")))
+        self._tasks.append(task)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._stop_watching()
         if self.ingest is not None:
+            await self.ingest.close()
             async with self.ingest.lock:  # let an in-flight append finish
                 await self.log.close()
         else:
             await self.log.close()
+
+
+def _stories_of(index: Index) -> dict[str, Json]:
+    return {story_id: story.fields for story_id, story in index.stories.items()}
+
+
+def _log_crash(name: str) -> Any:
+    def check(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s failed", name, exc_info=task.exception())
+
+    return check

@@ -4,6 +4,7 @@
     ├── ConfigError          bad config key, type or file → the CLI exits 2
     ├── StateError           an unusable state file (sqlite) → the CLI exits 2
     ├── BackendError         the event log backend failed (e.g. Redis unreachable)
+    │   └── NotLeaderError   this process lost the watcher lock; its appends are refused
     └── GitError             a git command failed (unknown revision, shallow clone)
 
 Only ``cli.py`` turns these into exit codes.
@@ -26,6 +27,10 @@ class StateError(StorywatchError):
 
 class BackendError(StorywatchError):
     """The event log backend failed."""
+
+
+class NotLeaderError(BackendError):
+    """This process lost the watcher lock: its appends are refused."""
 
 
 class GitError(StorywatchError):

@@ -61,14 +61,23 @@ class Hub:
         for listener in self.listeners:
             listener(events)
 
+    def load(self, epoch: str, seq: int, recent: list[Event], stories: dict[str, Json]) -> None:
+        """The state the log had when it opened (before any session exists)."""
+        self.buffer.reset(epoch, seq)
+        for event in recent:
+            self.buffer.add(event)
+        self.buffer.seq = seq
+        self._stories = stories
+
     def replace_stories(self, stories: dict[str, Json]) -> None:
         """The state after a silent initial scan (a fresh log has nothing to tell)."""
         self._stories = stories
 
-    def reset(self, epoch: str, seq: int, stories: dict[str, Json]) -> None:
+    def reset(
+        self, epoch: str, seq: int, stories: dict[str, Json], recent: list[Event] | None = None
+    ) -> None:
         """History was lost (e.g. Redis restarted empty): start over and tell everyone."""
-        self.buffer.reset(epoch, seq)
-        self._stories = stories
+        self.load(epoch, seq, recent or [], stories)
         for session in self.sessions:
             session.resync("epoch_changed", epoch, seq, keep_subs=True)
 

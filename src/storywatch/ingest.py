@@ -3,21 +3,28 @@
 The watcher (settled file batches), ``publish`` messages and the startup scan all call
 :meth:`Ingest.apply`. A lock keeps index order, seq order and delivery order the same.
 An event is durable in the log before any client sees it.
+
+When the log is unreachable (Redis down, disk full), what changed is kept, in order, and
+appended once the log answers again; nothing is diffed twice or lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from storywatch.events import Event, Json
+from storywatch.errors import BackendError, NotLeaderError
+from storywatch.events import Draft, Event, Json
 from storywatch.index import Changes, Index
-from storywatch.log import EventLog
+from storywatch.log import EventLog, IndexRecords
 from storywatch.story import ParseResult, Story
 
 logger = logging.getLogger(__name__)
+
+RETRY_MAX_S = 2.0
 
 
 class Ingest:
@@ -28,15 +35,25 @@ class Ingest:
         deliver: Callable[[list[Event]], None] | None,
         *,
         persist_index: bool = True,
+        refresh: Callable[[], Awaitable[Index]] | None = None,
     ) -> None:
         self.index = index
         self.log = log
         self.deliver = deliver  # None when the log delivers itself (Redis followers)
         self.persist_index = persist_index
+        self.refresh = refresh  # re-read a shared index before diffing a publish
         self.lock = asyncio.Lock()
-        self.listeners: list[Callable[[list[Event], Json], None]] = []
+        self.on_lost_lead: Callable[[], None] = lambda: None
+        self._backlog: deque[tuple[list[Draft], Json, IndexRecords | None, bool]] = deque()
+        self._retry: asyncio.Task[None] | None = None
 
-    async def apply(self, changes: Changes, source: Json, *, emit: bool = True) -> list[Event]:
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    async def apply(
+        self, changes: Changes, source: Json, *, emit: bool = True, reseed: bool = False
+    ) -> list[Event]:
         async with self.lock:
             drafts = self.index.apply(changes)
             if not emit:
@@ -44,20 +61,61 @@ class Ingest:
             # The batch's source learns its size here; held deletes share the same dict.
             if source.get("kind") == "fs" and "batch_size" not in source:
                 source["batch_size"] = len(drafts)
-            records = self.index.records(changes) if self.persist_index else None
-            if not drafts and not records:
+            records: IndexRecords | None = None
+            if reseed:
+                records = self.index.records(list(self.index.paths()))
+            elif self.persist_index:
+                records = {p: r for p, r in self.index.records(changes).items()}
+            if not drafts and not records and not reseed:
                 return []
-            events = await self.log.append(drafts, source, records)
+            self._backlog.append((drafts, source, records, reseed))
+            return await self._flush()
+
+    async def _flush(self) -> list[Event]:
+        delivered: list[Event] = []
+        while self._backlog:
+            drafts, source, records, reseed = self._backlog[0]
+            try:
+                events = await self.log.append(drafts, source, records, reseed=reseed)
+            except BackendError as exc:
+                if _is_not_leader(exc):
+                    self._backlog.clear()
+                    self.on_lost_lead()
+                    return delivered
+                self._schedule_retry()
+                return delivered
+            self._backlog.popleft()
             if events and self.deliver is not None:
                 self.deliver(events)
-            for listener in self.listeners:
-                listener(events, source)
-            return events
+            delivered.extend(events)
+        return delivered
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.create_task(self._retry_loop())
+
+    async def _retry_loop(self) -> None:
+        delay = 0.1
+        logger.warning("event log unavailable; keeping %d pending batches", len(self._backlog))
+        while self._backlog:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            async with self.lock:
+                await self._flush()
+        logger.info("event log available again; pending batches written")
+
+    async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
 
     async def publish(self, items: list[Json], source: Json | None) -> list[Event]:
         """Diff ``publish`` items against the index and emit what changed."""
         source = dict(source) if source else {}
         source.setdefault("kind", "publish")
+        if self.refresh is not None:
+            fresh = await self.refresh()
+            async with self.lock:
+                self.index = fresh
         changes: dict[str, ParseResult | None] = {}
         for item in items:
             if item["op"] == "delete":
@@ -80,3 +138,7 @@ class Ingest:
         fields["id"] = story_id
         fields["path"] = path
         return Story(id=story_id, path=path, fields=fields, body=body)
+
+
+def _is_not_leader(exc: BaseException) -> bool:
+    return isinstance(exc, NotLeaderError)

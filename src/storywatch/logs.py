@@ -7,11 +7,15 @@ import logging
 import re
 import sys
 import time
-from typing import Final
+from typing import Any, Final
 
 # Defense in depth: tokens are never logged on purpose, and these scrub them if a library
 # ever puts a request line or header into a log record.
 _SECRETS: Final = (
+    # websockets' debug log of a request line: the whole query may carry the token
+    # (percent-encoded keys like ``tok%65n`` authenticate too).
+    re.compile(r"(< [A-Z]+ [^?\s]*\?)\S*"),
+    re.compile(r"(< (?:Authorization|Proxy-Authorization|Cookie):\s*).*", re.IGNORECASE),
     re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE),
     re.compile(r"(Bearer\s+)\S+", re.IGNORECASE),
     re.compile(r"(#token=)\S+"),
@@ -31,6 +35,11 @@ class RedactingFilter(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, None
         return True
+
+
+class TextFormatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return redact(super().formatException(ei))
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,7 +62,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

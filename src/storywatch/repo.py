@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from storywatch.paths import PathRules
@@ -66,11 +66,10 @@ class Repo:
         """Parse the file at ``rel``; None when it is gone or not a file we may read."""
         path = self.root / rel
         try:
-            if path.is_symlink():
-                target = path.resolve(strict=True)
-                if not target.is_relative_to(self.real_root):
-                    logger.debug("ignoring %s: symlink leads outside the repo", rel)
-                    return None
+            if not self._inside(path, rel):
+                logger.debug("ignoring %s: it leads outside the repo or through a linked folder",
+                             rel)
+                return None
             st = path.stat()
             if not _is_regular(st.st_mode):
                 return None
@@ -89,6 +88,18 @@ class Repo:
                 return None
             return ParseError("unreadable", f"cannot read file: {exc.strerror or exc}")
         return parse_story(rel, raw, max_bytes=self.max_file_bytes)
+
+    def _inside(self, path: Path, rel: str) -> bool:
+        """Whether ``rel`` is a plain path in the repo: no ``..``, no folder reached through a
+        link, and (for a linked file) a target inside the repo."""
+        if rel.startswith("/") or ".." in rel.split("/"):
+            return False
+        parent = os.path.realpath(path.parent)
+        expected = self.real_root / PurePosixPath(rel).parent
+        if Path(parent) != expected:
+            return False
+        real = Path(os.path.realpath(path))
+        return real.is_relative_to(self.real_root)
 
     def read_many(self, rels: Iterable[str]) -> dict[str, ParseResult | None]:
         return {rel: self.read(rel) for rel in rels}

@@ -72,6 +72,7 @@ class StoryServer:
         health: Callable[[], tuple[int, Json]],
         body_of: Callable[[str], str | None],
         authenticator: Authenticator,
+        accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
         self.hub = hub
@@ -79,6 +80,7 @@ class StoryServer:
         self.ingest = ingest
         self.health = health
         self.auth = authenticator
+        self.accepting = accepting  # False until the app is ready: /ws and /api answer 503
         self.api = Api(hub, body_of)
         self.tls = bool(settings.server.tls_cert)
         self._server: Server | None = None
@@ -172,6 +174,8 @@ class StoryServer:
             return _response(HttpReply(200, self.metrics.render(), CONTENT_TYPE_LATEST))
         if not (route == "/ws" or route.startswith("/api/") or route == "/metrics"):
             return self._refuse(404, "not_found", "no such endpoint")
+        if not self.accepting() and route != "/metrics":
+            return self._refuse(503, "starting", "starting up; retry shortly")
 
         headers = request.headers
         if not origin_allowed(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import posixpath
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -272,12 +273,15 @@ class Session:
         view = transformed(event, self.principal.scope)
         if view is None:
             return
+        # The hub's cached match is only valid for the event as is; a view the scope
+        # rewrote is matched on what this token may see, nothing else.
+        shared = matches is not None and view.data is None
         subs = tuple(
             sub
             for sub, flt in self.subs.items()
             if (
-                matches(flt, event)
-                if matches is not None and view.event is event
+                matches(flt, event)  # type: ignore[misc]
+                if shared
                 else flt.matches(view.type, view.before, view.after)
             )
         )
@@ -357,8 +361,8 @@ def _publish_item_problem(item: Any) -> str | None:
         story_id = story.get("id")
         if isinstance(story_id, bool) or not isinstance(story_id, str | int) or story_id == "":
             return "story needs an `id` (string or number)"
-        if "path" in story and not isinstance(story["path"], str):
-            return "story `path` must be a string"
+        if "path" in story and not _clean_relative_path(story["path"]):
+            return "story `path` must be a relative POSIX path inside the repo"
         return None
     if op == "delete":
         story_id = item.get("id")
@@ -366,3 +370,12 @@ def _publish_item_problem(item: Any) -> str | None:
             return "delete needs an `id`"
         return None
     return "`op` must be upsert or delete"
+
+
+def _clean_relative_path(path: Any) -> bool:
+    """A path that cannot point outside the repo: relative, normalized, no ``..``."""
+    if not isinstance(path, str) or not path or len(path) > 1024:
+        return False
+    if path.startswith("/") or "\\" in path or "\x00" in path:
+        return False
+    return posixpath.normpath(path) == path and ".." not in path.split("/")

@@ -49,9 +49,15 @@ class EventLog(Protocol):
     async def open(self) -> LogState: ...
 
     async def append(
-        self, drafts: Sequence[Draft], source: Json, index: IndexRecords | None = None
+        self,
+        drafts: Sequence[Draft],
+        source: Json,
+        index: IndexRecords | None = None,
+        *,
+        reseed: bool = False,
     ) -> list[Event]:
-        """Number the drafts and make them durable before returning them."""
+        """Number the drafts and make them durable before returning them. ``reseed``: the
+        records are the whole index, replacing what the backend had."""
         ...
 
     async def close(self) -> None: ...

@@ -23,7 +23,12 @@ class MemoryLog:
         return LogState(epoch=self.epoch, seq=self.seq)
 
     async def append(
-        self, drafts: Sequence[Draft], source: Json, index: IndexRecords | None = None
+        self,
+        drafts: Sequence[Draft],
+        source: Json,
+        index: IndexRecords | None = None,
+        *,
+        reseed: bool = False,  # only shared backends replace their index wholesale
     ) -> list[Event]:
         time = utc_now_iso()
         events = []

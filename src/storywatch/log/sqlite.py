@@ -101,7 +101,12 @@ class SqliteLog:
         return state
 
     async def append(
-        self, drafts: Sequence[Draft], source: Json, index: IndexRecords | None = None
+        self,
+        drafts: Sequence[Draft],
+        source: Json,
+        index: IndexRecords | None = None,
+        *,
+        reseed: bool = False,  # only shared backends replace their index wholesale
     ) -> list[Event]:
         """Number the drafts and make them (and the index records) durable in one commit."""
         if not drafts and not index:
