@@ -210,7 +210,6 @@ class App:
         await follow(after_seq, self.hub.publish, self._on_reset)
 
     async def _on_reset(self, state: LogState) -> None:
-        logger.warning("stream epoch is now %s (history was lost): clients resync", state.epoch)
         index = Index.from_records(state.index)
         self.hub.reset(state.epoch, state.seq, _stories_of(index), state.recent)
 

@@ -65,9 +65,10 @@ class Backoff:
     attempt: int = 0
 
     def next_delay(self) -> float:
-        delay = min(self.cap, self.base * 2**self.attempt)
+        delay = min(self.cap, self.base * 2.0**self.attempt)
         self.attempt += 1
-        return delay / 2 + self.rng.uniform(0, delay / 2)
+        jitter: float = self.rng.uniform(0, delay / 2)
+        return delay / 2 + jitter
 
     def reset(self) -> None:
         self.attempt = 0
@@ -95,7 +96,7 @@ async def open_connection(url: str, token: str, *, timeout: float = 10) -> Clien
         raise ClientError(f"cannot connect to {url}: {_describe(exc)}") from exc
 
 
-def _error_message(body: bytes | None) -> str:
+def _error_message(body: bytes | bytearray | None) -> str:
     """The ``message`` of the server's JSON error body, if it sent one."""
     try:
         data = json.loads(body or b"")

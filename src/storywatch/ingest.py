@@ -85,6 +85,7 @@ class Ingest:
                 self._schedule_retry()
                 return delivered
             self._backlog.popleft()
+            logger.debug("appended %d events (source %s)", len(events), source.get("batch"))
             if events and self.deliver is not None:
                 self.deliver(events)
             delivered.extend(events)

@@ -71,3 +71,4 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     # websockets logs every refused handshake at INFO; keep those for -v.
     if level.upper() != "DEBUG":
         logging.getLogger("storywatch.websockets").setLevel(logging.WARNING)
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected"

@@ -67,8 +67,9 @@ class Repo:
         path = self.root / rel
         try:
             if not self._inside(path, rel):
-                logger.debug("ignoring %s: it leads outside the repo or through a linked folder",
-                             rel)
+                logger.debug(
+                    "ignoring %s: it leads outside the repo or through a linked folder", rel
+                )
                 return None
             st = path.stat()
             if not _is_regular(st.st_mode):

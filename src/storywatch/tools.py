@@ -1,15 +1,654 @@
-"""The command-line toolbelt: scan, diff, publish, tail, token."""
+"""The command-line toolbelt: scan, diff, publish, tail, token (SPEC §7).
+
+Each command returns an exit code (only ``cli.py`` exits): 0 ok, 1 failure (problems found,
+connection or auth refused, git errors), 2 usage (bad config, missing token or backend).
+Output meant for people goes to stdout; notes about progress and connections go to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import importlib
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import yaml
+
+from storywatch.auth import hash_token, new_token
+from storywatch.config import SCOPES, Settings, load_settings
+from storywatch.errors import ConfigError, StorywatchError
+from storywatch.events import EVENT_TYPES, Json
+from storywatch.gitdiff import GitDiff, diff_revisions, index_of
+from storywatch.paths import PathRules
+from storywatch.repo import Repo
+from storywatch.story import ParseError, ParseResult
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+MAX_PUBLISH_ITEMS: Final = 1000  # SPEC §4: at most 1000 items per publish message
+PARALLEL_FROM: Final = 2000  # below this many files, starting worker processes costs more
+
+Common = Callable[[argparse.ArgumentParser], None]
 
 
-def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    return None
+def add_commands(sub: Any, common: Common) -> None:
+    """Add scan, diff, publish, tail and token to the ``storywatch`` parser."""
+    scan = sub.add_parser("scan", help="parse every story; print a summary and every problem")
+    scan.add_argument("repo", nargs="?", help="the story repo (default: config `repo` or .)")
+    scan.add_argument("--json", action="store_true", help="print one JSON object")
+    _config_option(scan)
+
+    diff = sub.add_parser("diff", help="the events between two git revisions")
+    diff.add_argument("rev_a", metavar="REV_A", help="the revision to diff from (zero SHA: none)")
+    diff.add_argument("rev_b", metavar="REV_B", nargs="?", help="default: the working tree")
+    diff.add_argument("--repo", help="the story root inside a git checkout (default: .)")
+    diff.add_argument("--json", action="store_true", help="one event per line, as on the wire")
+    _config_option(diff)
+
+    publish = sub.add_parser("publish", help="publish the stories changed between revisions")
+    publish.add_argument("--from", dest="rev_from", required=True, metavar="REV")
+    publish.add_argument("--to", dest="rev_to", required=True, metavar="REV")
+    publish.add_argument("--repo", help="the story root inside a git checkout (default: .)")
+    _client_options(publish)
+    publish.add_argument("--redis-url", help="publish straight into a Redis stream instead")
+    publish.add_argument("--timeout", type=float, default=30, help="seconds per answer (30)")
+    _config_option(publish)
+
+    tail = sub.add_parser("tail", help="a live client: print events as they happen")
+    _client_options(tail)
+    tail.add_argument("--epic", action="append", default=[], help="only this epic (repeatable)")
+    tail.add_argument("--story", action="append", default=[], help="only this story id")
+    tail.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        type=_event_type,
+        help="only this event type, e.g. transitioned or story.created (repeatable)",
+    )
+    tail.add_argument("--json", action="store_true", help="print each event's raw JSON")
+
+    token = sub.add_parser("token", help="manage tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    new = token_sub.add_parser("new", help="print a new token and its config entry")
+    new.add_argument("name", help="the token's name (shown as `user` to its clients)")
+    new.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        choices=SCOPES,
+        help="read (default), publish, admin (repeatable)",
+    )
+    new.add_argument("--epic", action="append", default=[], help="restrict to this epic")
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    raise SystemExit(f"unknown command {args.command}")
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "scan": cmd_scan,
+        "diff": cmd_diff,
+        "publish": cmd_publish,
+        "tail": cmd_tail,
+        "token": cmd_token,
+    }
+    handler = handlers.get(args.command)
+    if handler is None:
+        raise StorywatchError(f"unknown command {args.command!r}")
+    try:
+        return handler(args)
+    except BrokenPipeError:
+        # `storywatch tail | head`: the reader left; that is not an error of ours.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        return EXIT_OK
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (env STORYWATCH_CONFIG)")
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="ws://HOST:PORT/ws or http://HOST:PORT (env STORYWATCH_URL)")
+    parser.add_argument("--token", help="the token (env STORYWATCH_TOKEN)")
+
+
+def _event_type(value: str) -> str:
+    kind = value if value.startswith("story.") else f"story.{value}"
+    if kind not in EVENT_TYPES:
+        raise argparse.ArgumentTypeError(
+            f"unknown event type {value!r}; one of {', '.join(EVENT_TYPES)}"
+        )
+    return kind
+
+
+def _settings(args: argparse.Namespace, repo: str | None) -> Settings:
+    return load_settings(getattr(args, "config", None), overrides={"repo": repo})
+
+
+def _rules(settings: Settings) -> PathRules:
+    return PathRules(settings.watch.include, settings.watch.exclude)
+
+
+def _err(message: str) -> None:
+    print(f"storywatch: {message}", file=sys.stderr, flush=True)
+
+
+# -- scan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    reason: str
+    message: str
+    line: int | None
+
+    def as_json(self) -> Json:
+        return {
+            "path": self.path,
+            "reason": self.reason,
+            "message": self.message,
+            "line": self.line,
+        }
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.reason}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScanReport:
+    files: int
+    stories: int
+    by_status: dict[str, int]
+    by_epic: dict[str, int]
+    problems: list[Problem]
+
+    def as_json(self) -> Json:
+        return {
+            "stories": self.stories,
+            "by_status": self.by_status,
+            "by_epic": self.by_epic,
+            "problems": [p.as_json() for p in self.problems],
+        }
+
+
+def scan_report(
+    results: Mapping[str, ParseResult | None], id_line: Callable[[str], int | None]
+) -> ScanReport:
+    """Counts and problems of a whole tree, with the watcher's index rules.
+
+    A problem is a file with front-matter that cannot be read as a story (bad YAML,
+    unreadable, too large) or a second file with an id already taken. A file whose
+    front-matter has no ``id`` is simply not a story (a README, a template).
+    """
+    index = index_of(results)
+    problems = [
+        Problem(path, r.reason, r.message, r.line)
+        for path, r in results.items()
+        if isinstance(r, ParseError) and r.has_front_matter and r.reason != "missing_id"
+    ]
+    for path, _story_id, error in index.problems():
+        if error.reason == "duplicate_id":
+            problems.append(Problem(path, error.reason, error.message, id_line(path)))
+    problems.sort(key=lambda p: (p.path, p.line or 0))
+    stories = index.stories.values()
+    return ScanReport(
+        files=len(results),
+        stories=len(index),
+        by_status=_counts(s.fields.get("status") for s in stories),
+        by_epic=_counts(s.fields.get("epic") for s in stories),
+        problems=problems,
+    )
+
+
+def _counts(values: Iterator[Any]) -> dict[str, int]:
+    counts = Counter("(none)" if v is None else str(v) for v in values)
+    return dict(sorted(counts.items()))
+
+
+_ID_KEY = re.compile(r"^id[ \t]*:")
+
+
+def id_line_in(root: Path) -> Callable[[str], int | None]:
+    """The line of the ``id:`` key in a file's front-matter (for duplicate-id problems)."""
+
+    def find(rel: str) -> int | None:
+        try:
+            lines = (root / rel).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return None
+        for number, line in enumerate(lines[1:], 2):
+            if line.startswith("---"):
+                return None
+            if _ID_KEY.match(line):
+                return number
+        return None
+
+    return find
+
+
+class Progress:
+    """``scanning: n/total`` on a terminal, only once the job has taken over a second."""
+
+    def __init__(self, stream: TextIO, total: int, label: str, after_s: float = 1.0) -> None:
+        self.stream = stream
+        self.total = total
+        self.label = label
+        self.enabled = _isatty(stream)
+        self.start = time.monotonic()
+        self.after_s = after_s
+        self.shown_at = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.start >= self.after_s and now - self.shown_at >= 0.1:
+            self.stream.write(f"\r{self.label}: {done}/{self.total} files")
+            self.stream.flush()
+            self.shown_at = now
+
+    def finish(self) -> None:
+        if self.shown_at:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def read_tree(
+    repo: Repo, paths: Sequence[str], progress: Progress
+) -> dict[str, ParseResult | None]:
+    """Parse every file; in worker processes for big trees (YAML parsing is CPU-bound)."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(paths) >= PARALLEL_FROM and workers > 1:
+        with contextlib.suppress(OSError, BrokenProcessPool):
+            return _read_parallel(repo, paths, progress, workers)
+    results: dict[str, ParseResult | None] = {}
+    for n, rel in enumerate(paths, 1):
+        results[rel] = repo.read(rel)
+        if n % 200 == 0:
+            progress.update(n)
+    return results
+
+
+def _read_parallel(
+    repo: Repo, paths: Sequence[str], progress: Progress, workers: int
+) -> dict[str, ParseResult | None]:
+    size = max(100, len(paths) // (workers * 8))
+    chunks = [list(paths[i : i + size]) for i in range(0, len(paths), size)]
+    rules = repo.rules
+    results: dict[str, ParseResult | None] = {}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [
+            pool.submit(_read_chunk, str(repo.root), rules, repo.max_file_bytes, chunk)
+            for chunk in chunks
+        ]
+        for future in as_completed(futures):
+            results.update(future.result())
+            progress.update(len(results))
+    return results
+
+
+def _read_chunk(
+    root: str, rules: PathRules, max_file_bytes: int, paths: list[str]
+) -> list[tuple[str, ParseResult | None]]:
+    repo = Repo(Path(root), rules, max_file_bytes=max_file_bytes)
+    return [(rel, repo.read(rel)) for rel in paths]
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    settings = _settings(args, args.repo)
+    root = settings.repo
+    if not root.is_dir():
+        raise ConfigError(f"repo: not a folder: {root}")
+    repo = Repo(root, _rules(settings), max_file_bytes=settings.watch.max_file_bytes)
+    started = time.monotonic()
+    paths = repo.walk()
+    progress = Progress(sys.stderr, len(paths), "scanning")
+    results = read_tree(repo, paths, progress)
+    progress.finish()
+    report = scan_report(results, id_line_in(root))
+    if args.json:
+        print(json.dumps(report.as_json(), ensure_ascii=False))
+    else:
+        _print_scan(report, time.monotonic() - started)
+    return EXIT_FAIL if report.problems else EXIT_OK
+
+
+def _print_scan(report: ScanReport, seconds: float) -> None:
+    n = len(report.problems)
+    print(
+        f"{report.files} files, {report.stories} stories, "
+        f"{n} problem{'' if n == 1 else 's'} ({seconds:.2f} s)"
+    )
+    for label, counts in (("by status", report.by_status), ("by epic", report.by_epic)):
+        if counts:
+            print(f"{label}: " + ", ".join(f"{key} {count}" for key, count in counts.items()))
+    for problem in report.problems:
+        print(problem)
+
+
+# -- diff ------------------------------------------------------------------------------
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    settings = _settings(args, args.repo)
+    result = diff_revisions(
+        settings.repo,
+        args.rev_a,
+        args.rev_b,
+        rules=_rules(settings),
+        max_file_bytes=settings.watch.max_file_bytes,
+    )
+    for draft in result.drafts:
+        event = result.event_json(draft)
+        if args.json:
+            print(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+        else:
+            print(describe_event(event))
+    counts = Counter(d.type.removeprefix("story.") for d in result.drafts)
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
+    target = result.source["to"] or "the working tree"
+    print(
+        f"{len(result.drafts)} events from {result.source['from']} to {target}"
+        + (f" ({summary})" if summary else ""),
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def describe_event(event: Json) -> str:
+    """One line for people: type, id, what changed, title."""
+    kind = str(event.get("type", "?"))
+    parts = [f"{kind:<18}", str(event.get("story_id", "?"))]
+    old_path = event.get("old_path")
+    if kind == "story.transitioned":
+        parts.append(f"{_show(event.get('from'))} → {_show(event.get('to'))}")
+    elif kind == "story.moved":
+        parts.append(f"{old_path} → {event.get('path')}")
+    elif kind == "story.updated":
+        changed = list(event.get("changes") or {})
+        parts.append(
+            "(" + ", ".join(changed + (["body"] if event.get("body_changed") else [])) + ")"
+        )
+    elif kind == "story.invalid":
+        error = event.get("error") or {}
+        line = f":{error['line']}" if error.get("line") else ""
+        parts.append(f"{event.get('path')}{line}: {error.get('reason')}: {error.get('message')}")
+    elif kind == "story.deleted" and event.get("reason"):
+        parts.append(f"({event['reason']})")
+    title = (event.get("story") or {}).get("title")
+    if title is not None:
+        parts.append(str(title))
+    if kind == "story.transitioned" and old_path:
+        parts.append(f"(moved from {old_path})")
+    if event.get("coalesced"):
+        parts.append(f"(×{event['coalesced']})")
+    return "  ".join(parts)
+
+
+def _show(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+# -- publish ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublishPlan:
+    units: list[list[Json]]  # items that must travel in the same message
+    upserts: int
+    deletes: int
+    skipped: list[str]  # ids left alone: invalid at the `to` revision
+
+
+def publish_plan(diff: GitDiff) -> PublishPlan:
+    """The publish items that bring a server from REV_A's stories to REV_B's.
+
+    A moved story is sent as ``delete`` + ``upsert`` in one message: the server's publish
+    diff keys an upsert by its path, so an upsert alone at a new path would be taken for a
+    second file claiming the id (a duplicate) instead of a move. Both orders are no-ops
+    the second time, which keeps publishing idempotent.
+    """
+    units: list[list[Json]] = []
+    upserts = deletes = 0
+    moved = {d.story_id for d in diff.drafts if d.old_path is not None}
+    changed = dict.fromkeys(d.story_id for d in diff.drafts if d.type != "story.invalid")
+    skipped = sorted({d.story_id for d in diff.drafts} - set(changed))
+    for story_id in changed:
+        story = diff.index.get(story_id)
+        if story is None:
+            units.append([{"op": "delete", "id": story_id}])
+            deletes += 1
+            continue
+        upsert = {"op": "upsert", "story": {**story.fields, "body": story.body}}
+        head = [{"op": "delete", "id": story_id}] if story_id in moved else []
+        units.append([*head, upsert])
+        upserts += 1
+    return PublishPlan(units, upserts, deletes, skipped)
+
+
+def batches(units: Sequence[list[Json]], source: Json, max_bytes: int) -> list[list[Json]]:
+    """Pack units into messages of ≤ 1000 items and ≤ ``max_bytes`` (the server closes a
+    connection that sends a bigger message, 1009)."""
+    envelope = _size({"type": "publish", "ref": "publish-000000", "items": [], "source": source})
+    out: list[list[Json]] = []
+    current: list[Json] = []
+    used = envelope
+    for unit in units:
+        size = sum(_size(item) + 1 for item in unit)
+        if envelope + size > max_bytes:
+            story_id = unit[-1].get("id") or unit[-1]["story"]["id"]
+            raise StorywatchError(
+                f"story {story_id!r} needs a {envelope + size}-byte publish message; the "
+                f"server accepts {max_bytes} (limits.max_message_bytes)"
+            )
+        if current and (used + size > max_bytes or len(current) + len(unit) > MAX_PUBLISH_ITEMS):
+            out.append(current)
+            current, used = [], envelope
+        current.extend(unit)
+        used += size
+    if current:
+        out.append(current)
+    return out
+
+
+def _size(value: Json) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    settings = _settings(args, args.repo)
+    url, token = _client_target(args)
+    redis_publish = None
+    if args.redis_url is not None:
+        redis_publish = _redis_publisher()
+        if redis_publish is None:
+            _err("redis backend not available (storywatch.log.redis has no publish_items)")
+            return EXIT_USAGE
+    elif token is None:
+        _err("no token: pass --token or set STORYWATCH_TOKEN (a token with scope publish)")
+        return EXIT_USAGE
+    diff = diff_revisions(
+        settings.repo,
+        args.rev_from,
+        args.rev_to,
+        rules=_rules(settings),
+        max_file_bytes=settings.watch.max_file_bytes,
+    )
+    plan = publish_plan(diff)
+    span = f"{_short(diff.source['from'])}..{_short(diff.source['to'])}"
+    for story_id in plan.skipped:
+        _err(f"skipping {story_id}: invalid at {_short(diff.source['to'])} (see `storywatch scan`)")
+    if not plan.units:
+        print(f"nothing to publish in {span}")
+        return EXIT_OK
+    if redis_publish is not None:
+        return _publish_redis(redis_publish, args.redis_url, settings, diff.source, plan, span)
+    if token is None:  # unreachable: checked above (keeps the type checker informed)
+        return EXIT_USAGE
+    return _publish_ws(url, token, settings, diff.source, plan, span, timeout=args.timeout)
+
+
+def _publish_ws(
+    url: str,
+    token: str,
+    settings: Settings,
+    source: Json,
+    plan: PublishPlan,
+    span: str,
+    *,
+    timeout: float,
+) -> int:
+    from storywatch import client
+
+    messages = batches(plan.units, source, settings.limits.max_message_bytes)
+    try:
+        result = asyncio.run(client.publish(url, token, messages, source, timeout=timeout))
+    except client.ClientError as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    print(
+        f"published {span}: {plan.upserts} upserts, {plan.deletes} deletes in "
+        f"{result.messages} message{'s' if result.messages != 1 else ''}; "
+        f"{result.count} events, seq {result.seq}"
+    )
+    return EXIT_OK
+
+
+def _redis_publisher() -> Callable[..., Any] | None:
+    """``storywatch.log.redis.publish_items(settings, items, source) -> count`` (async), the
+    Redis backend's way to diff items against the shared index; None when not built in."""
+    try:
+        module = importlib.import_module("storywatch.log.redis")
+    except ImportError:
+        return None
+    publish_items = getattr(module, "publish_items", None)
+    return publish_items if callable(publish_items) else None
+
+
+def _publish_redis(
+    publish_items: Callable[..., Any],
+    redis_url: str,
+    settings: Settings,
+    source: Json,
+    plan: PublishPlan,
+    span: str,
+) -> int:
+    """Publish straight into the shared Redis stream (no server in between)."""
+    backend = dataclasses.replace(settings.backend, redis_url=redis_url)
+    settings = dataclasses.replace(settings, backend=backend)
+    items = [item for unit in plan.units for item in unit]
+    count = asyncio.run(publish_items(settings, items, source))
+    print(
+        f"published {span} to Redis: {plan.upserts} upserts, {plan.deletes} deletes; {count} events"
+    )
+    return EXIT_OK
+
+
+def _short(rev: Any) -> str:
+    return str(rev)[:12] if rev else "worktree"
+
+
+def _client_target(args: argparse.Namespace) -> tuple[str, str | None]:
+    from storywatch.client import DEFAULT_URL, ws_url
+
+    url = args.url or os.environ.get("STORYWATCH_URL") or DEFAULT_URL
+    token = args.token or os.environ.get("STORYWATCH_TOKEN") or None
+    return ws_url(url), token
+
+
+# -- tail ------------------------------------------------------------------------------
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    url, token = _client_target(args)
+    if token is None:
+        _err("no token: pass --token or set STORYWATCH_TOKEN")
+        return EXIT_USAGE
+    flt: Json = {}
+    for key, values in (("epics", args.epic), ("stories", args.story), ("events", args.event)):
+        if values:
+            flt[key] = list(dict.fromkeys(values))
+    return asyncio.run(_tail(url, token, flt, as_json=args.json))
+
+
+async def _tail(url: str, token: str, flt: Json, *, as_json: bool) -> int:
+    from storywatch.client import ClientError, Follower
+
+    def on_event(event: Json, raw: str) -> None:
+        print(
+            raw if as_json else f"{_local_time(event.get('time'))}  {describe_event(event)}",
+            flush=True,
+        )
+
+    follower = Follower(url, token, flt, on_event=on_event, note=_err)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    following = asyncio.create_task(follower.run())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (following, stopping):
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping
+    try:
+        await following
+    except asyncio.CancelledError:
+        return EXIT_OK
+    except ClientError as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _local_time(stamp: Any) -> str:
+    try:
+        when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return "--:--:--"
+    return when.astimezone().strftime("%H:%M:%S")
+
+
+# -- token -----------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    name = args.name.strip()
+    if not name:
+        _err("token name must not be empty")
+        return EXIT_USAGE
+    token = new_token()
+    entry: Json = {
+        "name": name,
+        "sha256": hash_token(token),
+        "scopes": list(dict.fromkeys(args.scope)) or ["read"],
+    }
+    if args.epic:
+        entry["epics"] = list(dict.fromkeys(args.epic))
+    print(f"token: {token}")
+    print("# Keep the token now: storywatch stores only its SHA-256 and cannot show it again.")
+    print("# Add this entry under auth.tokens in the config (then SIGHUP or restart):")
+    print(yaml.safe_dump([entry], default_flow_style=None, sort_keys=False), end="")
+    return EXIT_OK

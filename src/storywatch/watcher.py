@@ -149,6 +149,13 @@ class Watcher:
             elif isinstance(result, ParseError) and rel not in index.broken:
                 self.recheck[rel] = _Held(story_id, now + self.grace_s, source)
                 del results[rel]
+        logger.debug(
+            "batch %s: %d paths, %d held, %d to recheck",
+            source["batch"],
+            len(results),
+            len(self.held),
+            len(self.recheck),
+        )
         if results:
             await self.ingest.apply(results, source)
         self._schedule()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.daemon import Daemon, copy_fixtures
+from tests.integration.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -23,8 +24,11 @@ def daemon_factory(tmp_path: Path) -> Iterator[type[Daemon]]:
             started.append(self)
 
     yield _Factory
-    for daemon in started:
+    for n, daemon in enumerate(started):
         daemon.stop()
+        # Shown by pytest only when the test failed.
+        print(f"--- daemon {n} ({daemon.command}, port {daemon.port}) stderr ---")
+        print("".join(daemon.stderr_lines[-60:]))
 
 
 @pytest.fixture
@@ -38,3 +42,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -168,6 +168,25 @@ class Daemon:
         if self.proc is not None:
             self._reap()
 
+    def wait_unhealthy(self, timeout: float = 20) -> dict[str, Any]:
+        """Wait until /healthz answers 503; return its body."""
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + scaled(timeout)
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.http + "/healthz", timeout=2):
+                    pass
+            except urllib.error.HTTPError as exc:
+                body: dict[str, Any] = json.loads(exc.read())
+                exc.close()
+                return body
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("daemon stayed healthy")
+
     def wait_healthy(self, timeout: float = 20) -> dict[str, Any]:
         import urllib.error
         import urllib.request

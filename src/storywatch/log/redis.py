@@ -151,19 +151,24 @@ class RedisLog:
         """Load epoch, seq, the replay window and the index; create the epoch if missing."""
         try:
             created = bool(await self._ensure(keys=[self.keys["meta"]], args=[new_epoch()]))
-            state = await self.load(self.settings.buffer_size)
         except RedisError as exc:
             raise self._failed(exc) from exc
-        self._ok()
+        state = await self.load(self.settings.buffer_size)
         state.fresh = created
         return state
 
     async def load(self, count: int) -> LogState:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.keys["meta"])
-            pipe.xrevrange(self.keys["events"], "+", "-", count=count)
-            pipe.hgetall(self.keys["index"])
-            meta, entries, index = await pipe.execute()
+        """Meta, the last ``count`` events and the index, read in one transaction."""
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self.keys["meta"])
+                pipe.xrevrange(self.keys["events"], "+", "-", count=max(1, count))
+                pipe.hgetall(self.keys["index"])
+                meta, entries, index = await pipe.execute()
+        except RedisError as exc:
+            raise self._failed(exc) from exc
+        self._ok()
+        entries = entries if count > 0 else []
         self.epoch = meta.get("epoch", "")
         self.index_gen = meta.get("index_gen", "0")
         recent = [_event(entry_id, fields) for entry_id, fields in reversed(entries)]
@@ -246,6 +251,10 @@ class RedisLog:
                 await self._ensure(keys=[self.keys["meta"]], args=[new_epoch()])
                 epoch, index_gen = await self.redis.hmget(self.keys["meta"], ["epoch", "index_gen"])
             if epoch != self.epoch or index_gen != self.index_gen:
+                if epoch != self.epoch:
+                    logger.warning("stream epoch changed to %s: history was lost", epoch)
+                else:
+                    logger.info("the shared index was reseeded by the watcher")
                 state = await self.load(self.settings.buffer_size)
                 await on_reset(state)
                 last_id = f"{state.seq}-0"
@@ -304,3 +313,29 @@ def _event(entry_id: str, fields: dict[str, str]) -> Event:
         "source": json.loads(fields["s"]),
     }
     return Event(seq=seq, epoch=fields["e"], data=data)
+
+
+async def publish_items(
+    settings: BackendSettings, items: list[Json], source: Json | None
+) -> tuple[int, int]:
+    """``storywatch publish --redis-url``: diff items against the shared index and append.
+
+    Returns (events emitted, last seq). No server is needed: every server following the
+    stream delivers the events.
+    """
+    from storywatch.index import Index
+    from storywatch.ingest import Ingest
+
+    log = RedisLog(settings)
+    ingest: Ingest | None = None
+    try:
+        state = await log.open()
+        ingest = Ingest(Index.from_records(state.index), log, None)
+        events = await ingest.publish(items, source)
+        if ingest.backlog:
+            raise BackendError("redis became unreachable while publishing")
+        return len(events), events[-1].seq if events else state.seq
+    finally:
+        if ingest is not None:
+            await ingest.close()
+        await log.close()
