@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from storywatch.events import EVENT_TYPES, Draft, Event, number, old_state, utc_now_iso
+from storywatch.events import EVENT_TYPES, Draft, number, old_state, utc_now_iso
 from storywatch.story import ParseError
 
 SOURCE = {"kind": "fs", "batch": "b-1", "batch_size": 1}
@@ -62,7 +62,11 @@ def test_other_types_have_no_from_to_nor_old_path(kind: Any) -> None:
 
 def test_moved_has_old_path() -> None:
     draft = Draft(
-        type="story.moved", story_id="A", path="new/a.md", story=NEW, changes={},
+        type="story.moved",
+        story_id="A",
+        path="new/a.md",
+        story=NEW,
+        changes={},
         old_path="old/a.md",
     )
     data = draft.to_json()
@@ -123,7 +127,7 @@ def test_frame_splices_subs_and_replay() -> None:
 
 
 def test_frame_non_ascii_and_encoded_once() -> None:
-    story = {"id": "UI-007", "title": "Übersetzung — 日本語 \"quoted\"", "path": "ü.md"}
+    story = {"id": "UI-007", "title": 'Übersetzung — 日本語 "quoted"', "path": "ü.md"}
     draft = Draft(type="story.created", story_id="UI-007", path="ü.md", story=story, changes={})
     event = number(draft, 3, "e", "t", SOURCE)
     frame = event.frame(("sübscription",))
@@ -184,13 +188,19 @@ def test_event_before_and_after() -> None:
     assert event.after() == NEW
     created = number(
         Draft(type="story.created", story_id="A", path="a.md", story=NEW, changes={}),
-        2, "e", "t", SOURCE,
+        2,
+        "e",
+        "t",
+        SOURCE,
     )
     assert created.before() is None
     assert created.after() == NEW
     deleted = number(
         Draft(type="story.deleted", story_id="A", path="a.md", story=OLD, changes={}),
-        3, "e", "t", SOURCE,
+        3,
+        "e",
+        "t",
+        SOURCE,
     )
     assert deleted.before() == OLD
     assert deleted.after() is None

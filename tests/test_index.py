@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def parse(path: str, text: str | None) -> ParseResult | None:
     return None if text is None else parse_text(path, text)
 
 
-def apply(index: Index, files: dict[str, str | None]) -> list[Draft]:
+def apply(index: Index, files: Mapping[str, str | None]) -> list[Draft]:
     return index.apply({path: parse(path, text) for path, text in files.items()})
 
 
@@ -50,7 +51,7 @@ def one(drafts: list[Draft]) -> Draft:
     return drafts[0]
 
 
-def fresh(files: dict[str, str | None]) -> Index:
+def fresh(files: Mapping[str, str | None]) -> Index:
     index = Index()
     apply(index, files)
     return index
@@ -203,7 +204,9 @@ def test_non_story_files_produce_nothing() -> None:
 
 def test_several_stories_in_one_batch_sorted_by_id() -> None:
     index = Index()
-    drafts = apply(index, {"z.md": story_text("C"), "a.md": story_text("B"), "m.md": story_text("A")})
+    drafts = apply(
+        index, {"z.md": story_text("C"), "a.md": story_text("B"), "m.md": story_text("A")}
+    )
     assert [(d.type, d.story_id) for d in drafts] == [
         ("story.created", "A"),
         ("story.created", "B"),
@@ -228,11 +231,12 @@ def test_swap_paths_of_two_stories() -> None:
 def test_invalid_keeps_last_good_state() -> None:
     index = fresh({"a.md": story_text("A", title="T")})
     good = index.get("A")
+    assert good is not None
     draft = one(apply(index, {"a.md": BROKEN}))
     assert draft.type == "story.invalid"
     assert draft.story_id == "A"
     assert draft.path == "a.md"
-    assert draft.story == good.fields if good else False
+    assert draft.story == good.fields
     assert draft.changes == {}
     assert draft.error is not None
     assert draft.error.reason == "yaml"
@@ -386,12 +390,6 @@ def test_owner_changes_id_duplicate_takes_over() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the owner is renamed (git mv) to a path sorting after an existing "
-    "duplicate, the duplicate takes the id (moved with its content) and the renamed owner "
-    "is reported duplicate_id",
-)
 def test_renamed_owner_keeps_its_id_against_an_older_duplicate() -> None:
     index = fresh({"a.md": story_text("A", title="owner"), "z.md": story_text("A", title="dup")})
     drafts = apply(index, {"a.md": None, "zz.md": story_text("A", title="owner")})
@@ -406,7 +404,10 @@ def test_renamed_owner_keeps_its_id_when_it_sorts_first() -> None:
     index = fresh({"a.md": story_text("A", title="owner"), "z.md": story_text("A", title="dup")})
     draft = one(apply(index, {"a.md": None, "b.md": story_text("A", title="owner")}))
     assert (draft.type, draft.old_path, draft.path, draft.changes) == (
-        "story.moved", "a.md", "b.md", {}
+        "story.moved",
+        "a.md",
+        "b.md",
+        {},
     )
     assert index.owns("b.md") == "A"
 
@@ -434,7 +435,7 @@ def test_duplicate_changing_to_a_free_id_is_created() -> None:
 
 
 def _round_trip(index: Index) -> Index:
-    records = index.records(list(index.paths()) + ["gone.md"])
+    records = index.records([*index.paths(), "gone.md"])
     assert records["gone.md"] is None
     kept = {path: record for path, record in records.items() if record is not None}
     # what a backend stores is JSON
@@ -467,11 +468,6 @@ def test_records_round_trip_then_change() -> None:
     assert draft.type == "story.transitioned"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: from_records drops ParseError.has_front_matter, so a former story that lost "
-    "its front-matter re-reports story.invalid after a restart (flapping)",
-)
 def test_records_round_trip_of_story_that_lost_its_front_matter() -> None:
     index = fresh({"a.md": story_text("A")})
     apply(index, {"a.md": NO_FRONT_MATTER})

@@ -160,11 +160,6 @@ def test_yaml_error_reports_the_file_line(text: str, line: int) -> None:
     assert error.as_json() == {"reason": "yaml", "message": error.message, "line": line}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an error found at the end of the front-matter (unclosed flow collection or "
-    "quote) reports the line of the closing `---` instead of the line where the construct opens",
-)
 @pytest.mark.parametrize(
     ("text", "line"),
     [

@@ -33,7 +33,6 @@ from storywatch.metrics import Metrics
 from storywatch.paths import PathRules
 from storywatch.repo import Repo
 from storywatch.server import StoryServer, events_counter
-from storywatch.story import ParseError
 from storywatch.watcher import Watcher
 
 logger = logging.getLogger(__name__)
@@ -131,15 +130,16 @@ class App:
         self.hub.load(state.epoch, state.seq, state.recent, _stories_of(index))
         if self.shared:
             self.ingest = Ingest(index, self.log, None, refresh=self._shared_index)
+        else:
+            persist = self.log.kind != "memory"
+            self.ingest = Ingest(index, self.log, self.hub.publish, persist_index=persist)
+        self.ingest.on_parse_error = lambda reason: self.metrics.parse_errors.labels(reason).inc()
+        if self.shared:
             self._spawn(self._follow(state.seq))
             if self.watch:
                 self._spawn(self._lead())
-        else:
-            self.ingest = Ingest(
-                index, self.log, self.hub.publish, persist_index=self.log.kind != "memory"
-            )
-            if self.watch:
-                await self._start_watching(fresh=state.fresh)
+        elif self.watch:
+            await self._start_watching(fresh=state.fresh)
         if self.server is not None:
             self.server.ingest = self.ingest
         self.ready = True
@@ -180,9 +180,6 @@ class App:
         await self.watcher.running.wait()
         rels = sorted(set(await asyncio.to_thread(repo.walk)) | set(self.ingest.index.paths()))
         results = await asyncio.to_thread(repo.read_many, rels)
-        for result in results.values():
-            if isinstance(result, ParseError) and result.has_front_matter:
-                self.metrics.parse_errors.labels(result.reason).inc()
         # With no earlier state there is nothing to tell: index silently (a shared backend
         # gets the whole index). Otherwise what changed while nobody watched is emitted.
         source: Json = {"kind": "fs", "batch": "startup", "startup": True}

@@ -31,6 +31,7 @@ DEFAULT_URL: Final = "ws://127.0.0.1:8765/ws"
 SUBPROTOCOL: Final = Subprotocol("storywatch.v1")
 # Snapshot chunks (500 stories) can be far larger than websockets' 1 MiB default.
 MAX_INCOMING_BYTES: Final = 64 * 2**20
+MAX_PUBLISH_ITEMS: Final = 1000  # SPEC §4: at most 1000 items per publish message
 # Close codes after which reconnecting cannot help: the token was revoked or narrowed.
 FATAL_CLOSE_CODES: Final = frozenset({1008})
 
@@ -88,7 +89,9 @@ async def open_connection(url: str, token: str, *, timeout: float = 10) -> Clien
         status = exc.response.status_code
         reason = _error_message(exc.response.body)
         if status in (401, 403):
-            raise AuthError(f"{url}: HTTP {status}: {reason or 'token refused'}") from exc
+            raise AuthError(
+                f"authentication failed at {url}: HTTP {status}: {reason or 'token refused'}"
+            ) from exc
         raise ClientError(f"{url}: HTTP {status}: {reason or 'upgrade refused'}") from exc
     except InvalidURI as exc:
         raise ClientError(f"invalid URL {url!r}: {exc}") from exc
@@ -102,12 +105,19 @@ def _error_message(body: bytes | bytearray | None) -> str:
         data = json.loads(body or b"")
     except ValueError:
         return ""
-    return str(data.get("message", "")) if isinstance(data, dict) else ""
+    if not isinstance(data, dict):
+        return ""
+    error = data.get("error", data)  # {"error": {"code", "message"}}
+    return str(error.get("message", "")) if isinstance(error, dict) else ""
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, ConnectionRefusedError) or (
+        isinstance(exc, OSError) and "connect call failed" in str(exc).lower()
+    ):
+        return "connection refused"  # asyncio words it "Connect call failed (host, port)"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
@@ -160,6 +170,7 @@ class Follower:
         self.open_timeout = open_timeout
         self.cursor = Cursor()
         self._names = itertools.count(1)
+        self._last_note = ""
 
     async def run(self) -> None:
         """Follow until cancelled; raises :class:`AuthError` when the token is refused."""
@@ -185,43 +196,89 @@ class Follower:
             await asyncio.sleep(self.backoff.next_delay())
 
     def _pause_note(self, why: str) -> None:
-        self.note(f"{why}; reconnecting")
+        # Said once per outage, not once per retry: a server down for a minute is one line.
+        if why != self._last_note:
+            self.note(f"{why}; reconnecting")
+        self._last_note = why
 
     async def _follow(self, connection: ClientConnection) -> None:
-        current = self._subscribe_name()
-        await _send(connection, self._subscribe_message(current, since=self.cursor.since()))
-        resuming = self.cursor.since() is not None
-        replacing: str | None = None  # the old sub a snapshot subscription replaces
+        # This connection's subscriptions still in flight: sub → what it was made for
+        # ("start", "resume", "snapshot"), or "replaced" when it waits to be dropped.
+        purposes: dict[str, str] = {}
+        since = self.cursor.since()
+        await self._subscribe(connection, purposes, "resume" if since else "start", since=since)
         async for raw in connection:
             message = _parse(raw)
             kind = message.get("type")
             if isinstance(kind, str) and kind.startswith("story."):
                 self._event(message, str(raw))
-            elif kind == "subscribed" and message.get("sub") == current:
-                self.backoff.reset()
-                if replacing is not None:
-                    await _send(connection, {"type": "unsubscribe", "sub": replacing})
-                    replacing = None
-                elif resuming and message.get("recovered") is False:
-                    self.note("resynced: the server lost the history since the last event")
-                    replacing, current = current, self._subscribe_name()
-                    await _send(connection, self._subscribe_message(current, snapshot=True))
-                else:
-                    self._subscribed(message, resuming)
+            elif kind == "subscribed":
+                purpose = purposes.pop(str(message.get("sub")), None)
+                if purpose is not None:
+                    await self._subscribed(connection, purposes, purpose, message)
             elif kind == "snapshot" and message.get("done"):
                 self.cursor.move(message.get("epoch"), message.get("seq"))
             elif kind == "resync":
-                current = await self._resync(connection, message, current)
+                await self._resync(connection, purposes, message)
             elif kind == "error":
                 self._error(message)
 
-    def _subscribed(self, message: Json, resuming: bool) -> None:
-        if self.cursor.since() is None:  # the stream starts for us here
+    async def _subscribe(
+        self,
+        connection: ClientConnection,
+        purposes: dict[str, str],
+        purpose: str,
+        *,
+        since: Json | None = None,
+    ) -> str:
+        sub = f"tail-{next(self._names)}"
+        purposes[sub] = purpose
+        message: Json = {"type": "subscribe", "sub": sub, "filter": self.filter}
+        if since is not None:
+            message["since"] = since
+        if purpose == "snapshot":
+            message["snapshot"] = True
+        await _send(connection, message)
+        return sub
+
+    async def _subscribed(
+        self,
+        connection: ClientConnection,
+        purposes: dict[str, str],
+        purpose: str,
+        message: Json,
+    ) -> None:
+        self.backoff.reset()
+        self._last_note = ""
+        sub = str(message.get("sub"))
+        if purpose == "start":  # the stream starts for us here
             self.cursor.move(message.get("epoch"), message.get("seq"))
-        if resuming:
-            self.note(f"resumed: {message.get('replayed', 0)} missed events replayed")
-        else:
             self.note(f"subscribed at seq {message.get('seq')}")
+        elif purpose == "resume" and message.get("recovered") is True:
+            self.note(f"resumed: {message.get('replayed', 0)} missed events replayed")
+        elif purpose == "resume":
+            # The history we would resume from is gone (restart without it, or too old):
+            # take a fresh snapshot under a new sub, then drop this one — in that order,
+            # so no live event falls between the two.
+            self.note("resynced: the server no longer has the events since the last one seen")
+            await self._subscribe(connection, purposes, "snapshot")
+            purposes[sub] = "replaced"
+        if purpose == "snapshot":
+            for old, why in list(purposes.items()):
+                if why == "replaced":
+                    del purposes[old]
+                    await _send(connection, {"type": "unsubscribe", "sub": old})
+
+    async def _resync(
+        self, connection: ClientConnection, purposes: dict[str, str], message: Json
+    ) -> None:
+        self.note(f"resynced: {message.get('reason')}")
+        if message.get("reason") == "epoch_changed":
+            # The subscription goes on in the new epoch; resume from its start.
+            self.cursor.move(message.get("epoch"), message.get("seq"))
+            return
+        # Overflow: the server dropped our subscriptions; start again from a snapshot.
+        await self._subscribe(connection, purposes, "snapshot")
 
     def _event(self, message: Json, raw: str) -> None:
         epoch, seq = message.get("epoch"), message.get("seq")
@@ -231,36 +288,12 @@ class Follower:
             self.cursor.move(epoch, seq)
         self.on_event(message, raw)
 
-    async def _resync(self, connection: ClientConnection, message: Json, current: str) -> str:
-        self.note(f"resynced: {message.get('reason')}")
-        if message.get("reason") == "epoch_changed":
-            # The subscription goes on in the new epoch; resume from its start.
-            self.cursor.move(message.get("epoch"), message.get("seq"))
-            return current
-        # Overflow: the server dropped our subscriptions; start again from a snapshot.
-        name = self._subscribe_name()
-        await _send(connection, self._subscribe_message(name, snapshot=True))
-        return name
-
     def _error(self, message: Json) -> None:
         if message.get("code") == "forbidden":
             raise AuthError(f"server refused: {message.get('message')}")
         if message.get("code") in ("invalid_filter", "bad_request"):
             raise ClientError(f"server refused the subscription: {message.get('message')}")
         self.note(f"server error {message.get('code')}: {message.get('message')}")
-
-    def _subscribe_name(self) -> str:
-        return f"tail-{next(self._names)}"
-
-    def _subscribe_message(
-        self, sub: str, *, since: Json | None = None, snapshot: bool = False
-    ) -> Json:
-        message: Json = {"type": "subscribe", "sub": sub, "filter": self.filter}
-        if since is not None:
-            message["since"] = since
-        if snapshot:
-            message["snapshot"] = True
-        return message
 
 
 # -- publishing (publish) --------------------------------------------------------------
@@ -271,6 +304,35 @@ class PublishResult:
     messages: int
     count: int  # events the server emitted
     seq: int | None  # the last seq it assigned (or its current seq)
+
+
+def batches(units: Sequence[list[Json]], source: Json, max_bytes: int) -> list[list[Json]]:
+    """Pack units into messages of ≤ 1000 items and ≤ ``max_bytes`` (the server closes a
+    connection that sends a bigger message, 1009)."""
+    envelope = _size({"type": "publish", "ref": "publish-000000", "items": [], "source": source})
+    out: list[list[Json]] = []
+    current: list[Json] = []
+    used = envelope
+    for unit in units:
+        size = sum(_size(item) + 1 for item in unit)
+        if envelope + size > max_bytes:
+            story_id = unit[-1].get("id") or unit[-1]["story"]["id"]
+            raise ClientError(
+                f"story {story_id!r} needs a {envelope + size}-byte publish message; the "
+                f"server accepts {max_bytes} (limits.max_message_bytes)"
+            )
+        if current and (used + size > max_bytes or len(current) + len(unit) > MAX_PUBLISH_ITEMS):
+            out.append(current)
+            current, used = [], envelope
+        current.extend(unit)
+        used += size
+    if current:
+        out.append(current)
+    return out
+
+
+def _size(value: Json) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 async def publish(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from storywatch.events import Event, Json, old_state
+from storywatch.events import Event, Json
 from storywatch.filters import Scope
 from storywatch.index import field_changes
 
@@ -73,15 +73,16 @@ class Pending:
     data: Json
     subs: tuple[str, ...]
     replay: bool
+    before: Json | None  # the story before the first event merged into this entry
     count: int = 1
 
     @classmethod
     def of(cls, item: Event | View, subs: tuple[str, ...], replay: bool) -> Pending:
-        if isinstance(item, View):
-            if item.data is None:
-                return cls(item.event, item.event.data, subs, replay)
-            return cls(None, item.data, subs, replay)
-        return cls(item, item.data, subs, replay)
+        if isinstance(item, Event):
+            return cls(item, item.data, subs, replay, item.before())
+        if item.data is None:
+            return cls(item.event, item.event.data, subs, replay, item.before)
+        return cls(None, item.data, subs, replay, item.before)
 
     @property
     def seq(self) -> int:
@@ -109,7 +110,7 @@ def merge(first: Pending, second: Pending) -> Pending | None:
     """One pending event for both, or None when they cancel out."""
     subs = tuple(dict.fromkeys(first.subs + second.subs))
     count = first.count + second.count
-    before = old_state(first.data)
+    before = first.before
     last = second.data
     if second.type == "story.deleted":
         if before is None:
@@ -143,4 +144,4 @@ def merge(first: Pending, second: Pending) -> Pending | None:
             data["reason"] = reason_source["reason"]
             break
     data["coalesced"] = count
-    return Pending(None, data, subs, first.replay and second.replay, count)
+    return Pending(None, data, subs, first.replay and second.replay, before, count)

@@ -55,6 +55,7 @@ DEFAULTS: Final[dict[str, Any]] = {
         "max_subscriptions": 64,
         "max_connections": 10_000,
         "max_connections_per_token": 200,
+        "write_timeout_s": 30,
     },
     "board": {"statuses": []},
     "log": {"format": "text", "level": "info"},
@@ -80,8 +81,14 @@ POSITIVE: Final = {
     "limits.max_subscriptions",
     "limits.max_connections",
     "limits.max_connections_per_token",
+    "limits.write_timeout_s",
 }
-FRACTIONAL: Final = {"server.heartbeat_s", "limits.rate_per_s", "limits.inbound_per_s"}
+FRACTIONAL: Final = {
+    "server.heartbeat_s",
+    "limits.rate_per_s",
+    "limits.inbound_per_s",
+    "limits.write_timeout_s",
+}
 SCOPES: Final = ("read", "publish", "admin")
 TOKEN_KEYS: Final = ("name", "sha256", "scopes", "epics")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -136,6 +143,7 @@ class Limits:
     max_subscriptions: int
     max_connections: int
     max_connections_per_token: int
+    write_timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,7 +136,8 @@ class Git:
 
     def empty_tree(self) -> str:
         # Computed, not hard-coded: SHA-256 repositories have a different empty tree id.
-        return self.text("hash-object", "-t", "tree", "/dev/null", what="hash the empty tree")
+        raw = self.run("hash-object", "-t", "tree", "--stdin", input=b"", what="hash a tree")
+        return raw.decode().strip()
 
     def tree_files(self, commit: str) -> list[TreeFile]:
         """Every regular file below the story root at ``commit``."""

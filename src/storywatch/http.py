@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final
@@ -130,11 +130,16 @@ class Api:
         return out
 
 
-def board_page() -> bytes:
+def board_page(statuses: Sequence[str] = ()) -> bytes:
+    """The board, with the configured column order (``board.statuses``) filled in."""
     try:
-        return resources.files("storywatch").joinpath("board/index.html").read_bytes()
+        page = resources.files("storywatch").joinpath("board/index.html").read_bytes()
     except (FileNotFoundError, OSError):
         return b"<!doctype html><title>storywatch</title><p>The board is not installed.</p>"
+    if statuses:
+        config = json.dumps({"statuses": list(statuses)}).replace("</", "<\\/").encode()
+        page = page.replace(b'{"statuses": []}', config, 1)
+    return page
 
 
 def _first(query: Mapping[str, list[str]], key: str) -> str | None:

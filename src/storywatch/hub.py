@@ -7,6 +7,7 @@ filter for each event, so a thousand clients with the same filter cost one match
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,8 +18,15 @@ from storywatch.session import Session
 
 
 class Hub:
-    def __init__(self, buffer: ReplayBuffer, stories: dict[str, Json] | None = None) -> None:
+    def __init__(
+        self,
+        buffer: ReplayBuffer,
+        stories: dict[str, Json] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.buffer = buffer
+        self.clock = clock  # the sessions' token buckets run on this clock
         self._stories: dict[str, Json] = stories or {}
         self.sessions: set[Session] = set()
         self.listeners: list[Callable[[list[Event]], None]] = []
@@ -45,6 +53,7 @@ class Hub:
         return self.buffer.after(epoch, since_seq)
 
     def publish(self, events: list[Event]) -> None:
+        now = self.clock()
         for event in events:
             self._apply(event)
             self.buffer.add(event)
@@ -57,7 +66,7 @@ class Hub:
                 return hit
 
             for session in self.sessions:
-                session.offer(event, matches)
+                session.offer(event, matches, now)
         for listener in self.listeners:
             listener(events)
 

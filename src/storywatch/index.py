@@ -71,7 +71,10 @@ class Index:
                 record = _story_record("owner", self.stories[story_id])
                 error = self.broken.get(path)
                 if error is not None:
-                    record["error"] = error.as_json()
+                    record["error"] = {
+                        **error.as_json(),
+                        "has_front_matter": error.has_front_matter,
+                    }
                 out[path] = record
         return out
 
@@ -93,7 +96,12 @@ class Index:
             index.stories[story.id] = story
             error = record.get("error")
             if error:
-                index.broken[path] = ParseError(error["reason"], error["message"], error["line"])
+                index.broken[path] = ParseError(
+                    error["reason"],
+                    error["message"],
+                    error["line"],
+                    has_front_matter=error.get("has_front_matter", True),
+                )
         return index
 
     def apply(self, changes: Changes) -> list[Draft]:
@@ -149,7 +157,10 @@ class Index:
             elif isinstance(result, Story) and result.id == story_id:
                 owner = old_owner
         if owner is None and claimants:
-            owner = min(claimants)
+            # The owner went away in this batch: a file that appears in the same batch with
+            # its id is the owner renamed (git mv, editor rename), before any older duplicate.
+            renamed = [p for p in claimants if p in valid] if old_owner in changes else []
+            owner = min(renamed or claimants)
 
         if owner is None:
             self.owner.pop(story_id, None)

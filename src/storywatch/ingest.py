@@ -20,7 +20,7 @@ from storywatch.errors import BackendError, NotLeaderError
 from storywatch.events import Draft, Event, Json
 from storywatch.index import Changes, Index
 from storywatch.log import EventLog, IndexRecords
-from storywatch.story import ParseResult, Story
+from storywatch.story import ParseError, ParseResult, Story
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Ingest:
         self.refresh = refresh  # re-read a shared index before diffing a publish
         self.lock = asyncio.Lock()
         self.on_lost_lead: Callable[[], None] = lambda: None
+        self.on_parse_error: Callable[[str], None] = lambda reason: None
         self._backlog: deque[tuple[list[Draft], Json, IndexRecords | None, bool]] = deque()
         self._retry: asyncio.Task[None] | None = None
 
@@ -54,6 +55,9 @@ class Ingest:
     async def apply(
         self, changes: Changes, source: Json, *, emit: bool = True, reseed: bool = False
     ) -> list[Event]:
+        for result in changes.values():
+            if isinstance(result, ParseError) and result.has_front_matter:
+                self.on_parse_error(result.reason)
         async with self.lock:
             drafts = self.index.apply(changes)
             if not emit:

@@ -28,3 +28,9 @@ class TokenBucket:
         self._refill(now)
         missing = amount - self.tokens
         return 0.0 if missing <= 0 else missing / self.rate
+
+    def available(self, now: float | None = None) -> float:
+        """Tokens available at ``now`` (without refilling when None)."""
+        if now is not None:
+            self._refill(now)
+        return self.tokens

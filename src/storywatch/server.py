@@ -2,7 +2,7 @@
 
 Auth, origin and connection limits are decided in ``process_request``, before the upgrade.
 Each connection gets a pure :class:`Session` and a writer task that drains its outbox at
-the pace of its token bucket; a socket that stays unwritable for ``SLOW_CLIENT_S`` is
+the pace of its token bucket; a socket that stays unwritable for ``write_timeout_s`` is
 closed with 1013, so one stalled phone never holds memory or the event loop.
 """
 
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL: Final = Subprotocol("storywatch.v1")
 HANDSHAKE_TIMEOUT_S: Final = 10.0
-SLOW_CLIENT_S: Final = 30.0
 PING_INTERVAL_S: Final = 20.0
 PING_TIMEOUT_S: Final = 20.0
 CLOSE_GOING_AWAY: Final = 1001
@@ -83,6 +82,7 @@ class StoryServer:
         self.accepting = accepting  # False until the app is ready: /ws and /api answer 503
         self.api = Api(hub, body_of)
         self.tls = bool(settings.server.tls_cert)
+        self._board_page = board_page(settings.board_statuses)
         self._server: Server | None = None
         self._accepted: weakref.WeakKeyDictionary[ServerConnection, TokenEntry] = (
             weakref.WeakKeyDictionary()
@@ -169,7 +169,8 @@ class StoryServer:
             status, payload = self.health()
             return _response(json_reply(status, payload))
         if route in ("/", "/index.html"):
-            return _response(HttpReply(200, board_page(), "text/html; charset=utf-8"))
+            page = self._board_page
+            return _response(HttpReply(200, page, "text/html; charset=utf-8"))
         if route == "/metrics" and self.settings.server.metrics_public:
             return _response(HttpReply(200, self.metrics.render(), CONTENT_TYPE_LATEST))
         if not (route == "/ws" or route.startswith("/api/") or route == "/metrics"):
@@ -223,6 +224,8 @@ class StoryServer:
         session = Session(
             f"c{next(self._ids)}", principal_of(entry), self.settings.limits, loop.time()
         )
+        session.on_coalesced = self.metrics.coalesced.inc
+        session.on_overflow = self.metrics.dropped.labels("overflow").inc
         self._sessions[session] = (connection, entry)
         self.hub.sessions.add(session)
         self.metrics.connections.inc()
@@ -311,7 +314,7 @@ class StoryServer:
                         await wake.wait()
                     continue
                 try:
-                    async with asyncio.timeout(SLOW_CLIENT_S):
+                    async with asyncio.timeout(self.settings.limits.write_timeout_s):
                         await connection.send(frame)
                 except TimeoutError:
                     logger.warning("connection %s too slow to read; closing", session.id)
@@ -344,6 +347,7 @@ def events_counter(metrics: Metrics) -> Callable[[list[Event]], None]:
             metrics.events.labels(event.type).inc()
         if events:
             metrics.seq.set(events[-1].seq)
+            metrics.batch_size.observe(len(events))
 
     return count
 
@@ -372,6 +376,8 @@ def _response(reply: HttpReply) -> Response:
     headers["Content-Length"] = str(len(reply.body))
     headers["Cache-Control"] = "no-store"
     headers["Connection"] = "close"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
     for key, value in reply.headers.items():
         headers[key] = value
     return Response(reply.status, HTTPStatus(reply.status).phrase, headers, reply.body)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import posixpath
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from storywatch.coalesce import Pending, merge, transformed
+from storywatch.coalesce import Pending, View, merge, transformed
 from storywatch.config import Limits
 from storywatch.events import Event, Json
 from storywatch.filters import Filter, FilterError, Scope
@@ -81,15 +82,21 @@ class Session:
         self.principal = principal
         self.limits = limits
         self.subs: dict[str, Filter] = {}
-        self.outbox: OrderedDict[Any, str | Pending] = OrderedDict()
-        self.pending_stories = 0
-        self.sent_upto = 0  # highest event seq put in the outbox
+        # Frames in send order: control frames (str) and events (Pending), unique keys.
+        self.outbox: OrderedDict[int, str | Pending] = OrderedDict()
+        # The newest pending entry of each story: the one a later event may merge into.
+        self._mergeable: dict[str, int] = {}
+        self._pending_events = 0
+        self._sub_start: dict[str, int] = {}  # sub → the seq it started after
         self._keys = itertools.count()
         self._inbound = TokenBucket(limits.inbound_per_s, limits.inbound_burst, now)
-        # Rejected messages drain a second bucket; emptying it is "sustained abuse".
-        self._abuse = TokenBucket(limits.inbound_per_s, limits.inbound_burst, now)
+        # Rejected messages drain a slower second bucket: emptying it (rejections well above
+        # the limit for ~10 s) is sustained abuse.
+        self._abuse = TokenBucket(limits.inbound_per_s / 4, limits.inbound_burst, now)
         self._outbound = TokenBucket(limits.rate_per_s, limits.burst, now)
         self.wakeup: Callable[[], None] = lambda: None
+        self.on_coalesced: Callable[[], None] = lambda: None
+        self.on_overflow: Callable[[], None] = lambda: None
         self.stats = {"coalesced": 0, "overflows": 0}
 
     # -- client → server ------------------------------------------------------------------
@@ -107,7 +114,7 @@ class Session:
             self.send_error("bad_request", "binary frames are not accepted; send JSON text")
             return None
         try:
-            msg = json.loads(message)
+            msg = json.loads(message, parse_constant=_no_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):
             self.send_error("bad_request", "message is not valid JSON")
             return None
@@ -125,7 +132,12 @@ class Session:
         elif kind == "unsubscribe":
             self._unsubscribe(msg)
         elif kind == "ping":
-            self.send_control({"type": "pong", "nonce": msg.get("nonce")})
+            nonce = msg.get("nonce")
+            problem = _json_value_problem(nonce)
+            if problem:
+                self.send_error("bad_request", f"`nonce`: {problem}", ref)
+            else:
+                self.send_control({"type": "pong", "nonce": nonce})
         elif kind == "publish":
             return self._publish(msg)
         else:
@@ -134,7 +146,7 @@ class Session:
 
     def _subscribe(self, msg: Json, hub: HubView) -> None:
         sub = msg.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH or not _utf8(sub):
             self.send_error("bad_request", "subscribe needs `sub`: a string of 1-64 chars")
             return
         if not self.principal.can("read"):
@@ -171,9 +183,10 @@ class Session:
             recovered: bool | None = hub.replay(since.get("epoch"), since.get("seq")) is not None
         else:
             recovered = None if since is None else replayed is not None
-        others = list(self.subs.items())
+        others = [(self._sub_start.get(name, 0), f) for name, f in self.subs.items()]
         self.subs[sub] = flt
-        matching = [e for e in replayed or () if self._replay_wanted(e, sub, flt, others)]
+        self._sub_start[sub] = hub.seq
+        matching = [v for e in replayed or () if (v := self._replay_view(e, flt, others))]
         self.send_control(
             {
                 "type": "subscribed",
@@ -187,25 +200,32 @@ class Session:
         )
         if snapshot:
             self._send_snapshot(sub, flt, hub)
-        for event in matching:
-            self._enqueue(event, (sub,), replay=True)
+        for view in matching:
+            if sub not in self.subs:  # an overflow ended the subscription mid-replay
+                break
+            self._enqueue(view, (sub,), replay=True)
 
-    def _replay_wanted(
-        self, event: Event, sub: str, flt: Filter, others: Sequence[tuple[str, Filter]]
-    ) -> bool:
+    def _replay_view(
+        self, event: Event, flt: Filter, others: Sequence[tuple[int, Filter]]
+    ) -> View | None:
+        """The event as this token sees it, if the new subscription should get it again."""
         view = transformed(event, self.principal.scope)
         if view is None or not flt.matches(view.type, view.before, view.after):
-            return False
-        # Events this connection already got through another subscription are not resent.
-        if event.seq <= self.sent_upto:
-            return not any(f.matches(view.type, view.before, view.after) for _, f in others)
-        return True
+            return None
+        # Not resent: what another subscription, live at the time, already delivered.
+        for start, other in others:
+            if event.seq > start and other.matches(view.type, view.before, view.after):
+                return None
+        return view
 
     def _send_snapshot(self, sub: str, flt: Filter, hub: HubView) -> None:
         scope = self.principal.scope
         stories = [s for s in hub.stories() if scope.sees(s) and flt.matches_story(s)]
         chunks = [stories[i : i + SNAPSHOT_CHUNK] for i in range(0, len(stories), SNAPSHOT_CHUNK)]
         chunks = chunks or [[]]
+        # Pending events from before the snapshot must not merge with later ones: the
+        # snapshot showed their result, so the way from there has to be told in full.
+        self._mergeable.clear()
         for n, chunk in enumerate(chunks):
             self.send_control(
                 {
@@ -226,10 +246,15 @@ class Session:
         if self.subs.pop(sub, None) is None:
             self.send_error("unknown_sub", f"no subscription {sub[:64]!r}", sub)
             return
+        self._sub_start.pop(sub, None)
         self.send_control({"type": "unsubscribed", "sub": sub})
 
     def _publish(self, msg: Json) -> PublishRequest | None:
         ref = msg.get("ref")
+        problem = _json_value_problem(ref)
+        if problem:
+            self.send_error("bad_request", f"`ref`: {problem}")
+            return None
         if not self.principal.can("publish"):
             self.send_error("forbidden", "this token cannot publish (no publish scope)", ref)
             return None
@@ -253,20 +278,28 @@ class Session:
     # -- server → client ------------------------------------------------------------------
 
     def send_control(self, message: Json) -> None:
-        self.outbox[("c", next(self._keys))] = json.dumps(
-            message, ensure_ascii=False, separators=(",", ":")
-        )
-        self.wakeup()
+        # ASCII escapes: a client's odd string (a lone surrogate) echoed back stays sendable.
+        self.send_raw(json.dumps(message, separators=(",", ":")))
 
     def send_raw(self, frame: str) -> None:
         """A frame encoded once for many sessions (heartbeats)."""
-        self.outbox[("c", next(self._keys))] = frame
+        self.outbox[next(self._keys)] = frame
         self.wakeup()
+
+    @property
+    def pending_stories(self) -> int:
+        """Stories with an event waiting to be sent."""
+        return len(self._mergeable)
 
     def send_error(self, code: str, message: str, ref: Any = None) -> None:
         self.send_control({"type": "error", "code": code, "message": message, "ref": ref})
 
-    def offer(self, event: Event, matches: Callable[[Filter, Event], bool] | None = None) -> None:
+    def offer(
+        self,
+        event: Event,
+        matches: Callable[[Filter, Event], bool] | None = None,
+        now: float | None = None,
+    ) -> None:
         """A live event: enqueue it if any subscription wants it."""
         if not self.subs:
             return
@@ -286,43 +319,74 @@ class Session:
             )
         )
         if subs:
-            self._enqueue(view.event if view.data is None else view, subs, replay=False)
+            self._enqueue(view, subs, replay=False, now=now)
 
-    def _enqueue(self, item: Event | Any, subs: tuple[str, ...], *, replay: bool) -> None:
-        pending = Pending.of(item, subs, replay)
-        self.sent_upto = max(self.sent_upto, pending.seq)
+    def _enqueue(
+        self, view: View, subs: tuple[str, ...], *, replay: bool, now: float | None = None
+    ) -> None:
+        pending = Pending.of(view, subs, replay)
+        story_id = pending.story_id
         if pending.type == "story.invalid":
-            self.outbox[("i", next(self._keys))] = pending
-        else:
-            key = ("e", pending.story_id)
-            earlier = self.outbox.pop(key, None)
-            if isinstance(earlier, Pending):
-                self.stats["coalesced"] += 1
-                merged = merge(earlier, pending)
-                if merged is None:  # created then deleted: nothing to tell
-                    self.pending_stories -= 1
-                    return
-                pending = merged
-            else:
-                self.pending_stories += 1
-            self.outbox[key] = pending
-            if self.pending_stories > self.limits.max_pending:
-                self._overflow()
+            # Sent as is, and it seals what is pending for the story: the client applies
+            # the state it carries, so earlier changes must not be merged past it.
+            self._mergeable.pop(story_id, None)
+            self._push(pending)
+            return
+        earlier_key = self._mergeable.get(story_id)
+        earlier = self.outbox.get(earlier_key) if earlier_key is not None else None
+        if isinstance(earlier, Pending) and earlier_key is not None and earlier.seq > pending.seq:
+            # A replayed event older than a pending live one of the same story: both go out
+            # as one entry in seq order, so the client never ends on the older state.
+            merged = merge(pending, earlier)
+            del self.outbox[earlier_key]
+            self._pending_events -= 1
+            if merged is None:
+                del self._mergeable[story_id]
                 return
-        self.wakeup()
+            self._mergeable[story_id] = self._push(merged)
+            return
+        # Coalesce only beyond the budget: while the bucket covers everything pending,
+        # every event is sent as it is.
+        if isinstance(earlier, Pending) and earlier_key is not None and self._over_budget(now):
+            del self.outbox[earlier_key]
+            self._pending_events -= 1
+            self.stats["coalesced"] += 1
+            self.on_coalesced()
+            merged = merge(earlier, pending)
+            if merged is None:  # created then deleted: nothing to tell
+                del self._mergeable[story_id]
+                return
+            pending = merged
+        self._mergeable[story_id] = self._push(pending)
+        if len(self._mergeable) > self.limits.max_pending:
+            self._overflow(pending)
 
-    def _overflow(self) -> None:
+    def _push(self, pending: Pending) -> int:
+        key = next(self._keys)
+        self.outbox[key] = pending
+        self._pending_events += 1
+        self.wakeup()
+        return key
+
+    def _over_budget(self, now: float | None) -> bool:
+        return self._outbound.available(now) < self._pending_events + 1
+
+    def _overflow(self, latest: Pending) -> None:
         """Too far behind: drop what is pending and ask the client to resync."""
         self.stats["overflows"] += 1
+        self.on_overflow()
         self.outbox = OrderedDict(
             (k, v) for k, v in self.outbox.items() if not isinstance(v, Pending)
         )
-        self.pending_stories = 0
+        self._mergeable.clear()
+        self._pending_events = 0
+        epoch, seq = str(latest.data.get("epoch", "")), latest.seq
         for sub in list(self.subs):
             self.send_control(
-                {"type": "resync", "sub": sub, "reason": "overflow", "epoch": "", "seq": 0}
+                {"type": "resync", "sub": sub, "reason": "overflow", "epoch": epoch, "seq": seq}
             )
         self.subs.clear()
+        self._sub_start.clear()
 
     def resync(self, reason: str, epoch: str, seq: int, *, keep_subs: bool) -> None:
         for sub in list(self.subs):
@@ -331,6 +395,7 @@ class Session:
             )
         if not keep_subs:
             self.subs.clear()
+            self._sub_start.clear()
 
     def next_frame(self, now: float) -> tuple[str | None, float, float]:
         """(frame, 0, born) to write next — ``born`` is the live event's creation time, else
@@ -344,8 +409,9 @@ class Session:
         if not self._outbound.take(now):
             return None, self._outbound.wait_time(now), 0.0
         del self.outbox[key]
-        if key[0] == "e":
-            self.pending_stories -= 1
+        self._pending_events -= 1
+        if self._mergeable.get(item.story_id) == key:
+            del self._mergeable[item.story_id]
         born = item.event.born if item.event is not None and not item.replay else 0.0
         return item.frame(), 0.0, born
 
@@ -363,7 +429,8 @@ def _publish_item_problem(item: Any) -> str | None:
             return "story needs an `id` (string or number)"
         if "path" in story and not _clean_relative_path(story["path"]):
             return "story `path` must be a relative POSIX path inside the repo"
-        return None
+        problem = _json_value_problem(story)
+        return f"story {problem}" if problem else None
     if op == "delete":
         story_id = item.get("id")
         if isinstance(story_id, bool) or not isinstance(story_id, str | int):
@@ -379,3 +446,44 @@ def _clean_relative_path(path: Any) -> bool:
     if path.startswith("/") or "\\" in path or "\x00" in path:
         return False
     return posixpath.normpath(path) == path and ".." not in path.split("/")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_value_problem(value: Any, max_depth: int = 64, max_nodes: int = 100_000) -> str | None:
+    """Why a client's value could not be stored and sent back as it is, if it could not."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    nodes = 0
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if depth > max_depth or nodes > max_nodes:
+            return "nested too deeply or too large"
+        if isinstance(item, str):
+            if not _utf8(item):
+                return "holds a string that is not valid Unicode"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not _utf8(key):
+                    return "holds a key that is not valid Unicode"
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return None

@@ -89,9 +89,7 @@ def parse_text(path: str, text: str) -> ParseResult:
     try:
         meta = _YAML.load(front)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        return ParseError("yaml", _yaml_message(exc), line)
+        return ParseError("yaml", _yaml_message(exc), _error_line(exc, front))
     except (yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
         return ParseError("yaml", f"invalid YAML: {type(exc).__name__}: {exc}"[:300])
     if meta is None:
@@ -121,6 +119,18 @@ def _split(text: str) -> tuple[str, str] | ParseError:
     front = text[opening.end() : closing.start()]
     body = text[closing.end() :].removeprefix("\n")
     return front, body
+
+
+def _error_line(exc: yaml.MarkedYAMLError, front: str) -> int | None:
+    """The 1-based file line of a YAML error. A construct left open (a quote, ``[``, ``{``)
+    is only noticed at the end of the front-matter: name the line where it opened."""
+    mark = exc.problem_mark or exc.context_mark
+    if mark is None:
+        return None
+    at_end = mark.line >= front.count("\n") - (0 if front.endswith("\n") else -1)
+    if at_end and exc.context_mark is not None:
+        mark = exc.context_mark
+    return mark.line + 1
 
 
 def _yaml_message(exc: yaml.MarkedYAMLError) -> str:

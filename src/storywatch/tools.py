@@ -12,15 +12,15 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import importlib
 import json
+import multiprocessing
 import os
 import re
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -30,8 +30,8 @@ from typing import Any, Final, TextIO
 import yaml
 
 from storywatch.auth import hash_token, new_token
-from storywatch.config import SCOPES, Settings, load_settings
-from storywatch.errors import ConfigError, StorywatchError
+from storywatch.config import SCOPES, BackendSettings, Settings, load_settings
+from storywatch.errors import BackendError, ConfigError, StorywatchError
 from storywatch.events import EVENT_TYPES, Json
 from storywatch.gitdiff import GitDiff, diff_revisions, index_of
 from storywatch.paths import PathRules
@@ -39,10 +39,12 @@ from storywatch.repo import Repo
 from storywatch.story import ParseError, ParseResult
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-MAX_PUBLISH_ITEMS: Final = 1000  # SPEC §4: at most 1000 items per publish message
 PARALLEL_FROM: Final = 2000  # below this many files, starting worker processes costs more
 
 Common = Callable[[argparse.ArgumentParser], None]
+RedisPublish = Callable[
+    [BackendSettings, list[Json], Json | None], Coroutine[Any, Any, tuple[int, int]]
+]
 
 
 def add_commands(sub: Any, common: Common) -> None:
@@ -60,8 +62,16 @@ def add_commands(sub: Any, common: Common) -> None:
     _config_option(diff)
 
     publish = sub.add_parser("publish", help="publish the stories changed between revisions")
-    publish.add_argument("--from", dest="rev_from", required=True, metavar="REV")
-    publish.add_argument("--to", dest="rev_to", required=True, metavar="REV")
+    publish.add_argument(
+        "--from",
+        dest="rev_from",
+        required=True,
+        metavar="REV",
+        help="the revision already published (zero SHA: none)",
+    )
+    publish.add_argument(
+        "--to", dest="rev_to", required=True, metavar="REV", help="the revision to publish"
+    )
     publish.add_argument("--repo", help="the story root inside a git checkout (default: .)")
     _client_options(publish)
     publish.add_argument("--redis-url", help="publish straight into a Redis stream instead")
@@ -71,7 +81,7 @@ def add_commands(sub: Any, common: Common) -> None:
     tail = sub.add_parser("tail", help="a live client: print events as they happen")
     _client_options(tail)
     tail.add_argument("--epic", action="append", default=[], help="only this epic (repeatable)")
-    tail.add_argument("--story", action="append", default=[], help="only this story id")
+    tail.add_argument("--story", action="append", default=[], help="only this story (repeatable)")
     tail.add_argument(
         "--event",
         action="append",
@@ -110,8 +120,9 @@ def dispatch(args: argparse.Namespace) -> int:
         return handler(args)
     except BrokenPipeError:
         # `storywatch tail | head`: the reader left; that is not an error of ours.
+        # Point stdout at /dev/null so the interpreter's last flush does not fail again.
         with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
 
@@ -297,7 +308,10 @@ def _read_parallel(
     chunks = [list(paths[i : i + size]) for i in range(0, len(paths), size)]
     rules = repo.rules
     results: dict[str, ParseResult | None] = {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # Not fork: forking a process that may hold threads can deadlock (and warns from 3.12).
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [
             pool.submit(_read_chunk, str(repo.root), rules, repo.max_file_bytes, chunk)
             for chunk in chunks
@@ -369,7 +383,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
     target = result.source["to"] or "the working tree"
     print(
-        f"{len(result.drafts)} events from {result.source['from']} to {target}"
+        f"{_plural(len(result.drafts), 'event')} from {result.source['from']} to {target}"
         + (f" ({summary})" if summary else ""),
         file=sys.stderr,
     )
@@ -396,8 +410,9 @@ def describe_event(event: Json) -> str:
         parts.append(f"{event.get('path')}{line}: {error.get('reason')}: {error.get('message')}")
     elif kind == "story.deleted" and event.get("reason"):
         parts.append(f"({event['reason']})")
+    # An invalid event carries the id's last good state, maybe another file's: no title.
     title = (event.get("story") or {}).get("title")
-    if title is not None:
+    if title is not None and kind != "story.invalid":
         parts.append(str(title))
     if kind == "story.transitioned" and old_path:
         parts.append(f"(moved from {old_path})")
@@ -447,35 +462,6 @@ def publish_plan(diff: GitDiff) -> PublishPlan:
     return PublishPlan(units, upserts, deletes, skipped)
 
 
-def batches(units: Sequence[list[Json]], source: Json, max_bytes: int) -> list[list[Json]]:
-    """Pack units into messages of ≤ 1000 items and ≤ ``max_bytes`` (the server closes a
-    connection that sends a bigger message, 1009)."""
-    envelope = _size({"type": "publish", "ref": "publish-000000", "items": [], "source": source})
-    out: list[list[Json]] = []
-    current: list[Json] = []
-    used = envelope
-    for unit in units:
-        size = sum(_size(item) + 1 for item in unit)
-        if envelope + size > max_bytes:
-            story_id = unit[-1].get("id") or unit[-1]["story"]["id"]
-            raise StorywatchError(
-                f"story {story_id!r} needs a {envelope + size}-byte publish message; the "
-                f"server accepts {max_bytes} (limits.max_message_bytes)"
-            )
-        if current and (used + size > max_bytes or len(current) + len(unit) > MAX_PUBLISH_ITEMS):
-            out.append(current)
-            current, used = [], envelope
-        current.extend(unit)
-        used += size
-    if current:
-        out.append(current)
-    return out
-
-
-def _size(value: Json) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
-
-
 def cmd_publish(args: argparse.Namespace) -> int:
     settings = _settings(args, args.repo)
     url, token = _client_target(args)
@@ -483,7 +469,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.redis_url is not None:
         redis_publish = _redis_publisher()
         if redis_publish is None:
-            _err("redis backend not available (storywatch.log.redis has no publish_items)")
+            _err("redis backend not available (storywatch.log.redis cannot be imported)")
             return EXIT_USAGE
     elif token is None:
         _err("no token: pass --token or set STORYWATCH_TOKEN (a token with scope publish)")
@@ -521,33 +507,31 @@ def _publish_ws(
 ) -> int:
     from storywatch import client
 
-    messages = batches(plan.units, source, settings.limits.max_message_bytes)
+    messages = client.batches(plan.units, source, settings.limits.max_message_bytes)
     try:
         result = asyncio.run(client.publish(url, token, messages, source, timeout=timeout))
     except client.ClientError as exc:
         _err(str(exc))
         return EXIT_FAIL
     print(
-        f"published {span}: {plan.upserts} upserts, {plan.deletes} deletes in "
-        f"{result.messages} message{'s' if result.messages != 1 else ''}; "
-        f"{result.count} events, seq {result.seq}"
+        f"published {span}: {_counted(plan)} in {_plural(result.messages, 'message')}; "
+        f"{_plural(result.count, 'event')}, seq {result.seq}"
     )
     return EXIT_OK
 
 
-def _redis_publisher() -> Callable[..., Any] | None:
-    """``storywatch.log.redis.publish_items(settings, items, source) -> count`` (async), the
-    Redis backend's way to diff items against the shared index; None when not built in."""
+def _redis_publisher() -> RedisPublish | None:
+    """The Redis backend's ``publish_items`` (it diffs items against the shared index);
+    None when it cannot be imported. Imported lazily: only this path needs redis."""
     try:
-        module = importlib.import_module("storywatch.log.redis")
+        from storywatch.log.redis import publish_items
     except ImportError:
         return None
-    publish_items = getattr(module, "publish_items", None)
-    return publish_items if callable(publish_items) else None
+    return publish_items
 
 
 def _publish_redis(
-    publish_items: Callable[..., Any],
+    publish_items: RedisPublish,
     redis_url: str,
     settings: Settings,
     source: Json,
@@ -556,13 +540,22 @@ def _publish_redis(
 ) -> int:
     """Publish straight into the shared Redis stream (no server in between)."""
     backend = dataclasses.replace(settings.backend, redis_url=redis_url)
-    settings = dataclasses.replace(settings, backend=backend)
     items = [item for unit in plan.units for item in unit]
-    count = asyncio.run(publish_items(settings, items, source))
-    print(
-        f"published {span} to Redis: {plan.upserts} upserts, {plan.deletes} deletes; {count} events"
-    )
+    try:
+        count, seq = asyncio.run(publish_items(backend, items, source))
+    except BackendError as exc:
+        _err(f"redis: {exc}")
+        return EXIT_FAIL
+    print(f"published {span} to Redis: {_counted(plan)}; {_plural(count, 'event')}, seq {seq}")
     return EXIT_OK
+
+
+def _counted(plan: PublishPlan) -> str:
+    return f"{_plural(plan.upserts, 'upsert')}, {_plural(plan.deletes, 'delete')}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _short(rev: Any) -> str:
