@@ -122,9 +122,16 @@ class Index:
             self.claims.pop(path, None)
             self.broken.pop(path, None)
             self.dupes.pop(path, None)
+        # Who claims each id, gathered once: scanning every file per id is quadratic.
+        claimed: dict[str, list[str]] = {}
+        for path, story in [*valid.items(), *self.dupes.items()]:
+            claimed.setdefault(story.id, []).append(path)
         drafts: list[Draft] = []
         for story_id in sorted(affected):
-            drafts.extend(self._settle_id(story_id, changes, valid, was_dupe, was_broken))
+            claimants = claimed.get(story_id, [])
+            drafts.extend(
+                self._settle_id(story_id, changes, valid, was_dupe, was_broken, claimants)
+            )
         return drafts
 
     # -- internals ----------------------------------------------------------------------
@@ -136,11 +143,10 @@ class Index:
         valid: dict[str, Story],
         was_dupe: dict[str, str],
         was_broken: dict[str, ParseError],
+        claimants: list[str],
     ) -> Iterator[Draft]:
         old = self.stories.get(story_id)
         old_owner = self.owner.get(story_id)
-        claimants = [p for p, s in valid.items() if s.id == story_id]
-        claimants += [p for p, s in self.dupes.items() if s.id == story_id]
 
         owner: str | None = None
         if old_owner is not None and old_owner not in changes:

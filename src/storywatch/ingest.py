@@ -129,6 +129,9 @@ class Ingest:
                     changes[path] = None
             else:
                 story = self._story_from(item["story"])
+                old_path = self.index.owner.get(story.id)
+                if old_path is not None and old_path != story.path:
+                    changes.setdefault(old_path, None)  # a move, not a duplicate
                 changes[story.path] = story
         return await self.apply(changes, source)
 
