@@ -63,6 +63,7 @@ def test_defaults() -> None:
     assert lim.max_subscriptions == 64
     assert lim.max_connections == 10_000
     assert lim.max_connections_per_token == 200
+    assert lim.write_timeout_s == 30
     assert s.board_statuses == ()
     assert s.log_format == "text"
     assert s.log_level == "info"
@@ -90,7 +91,7 @@ def test_file_overrides(tmp_path: Path) -> None:
         "server:\n  port: 9000\n  heartbeat_s: 2.5\n  origins: ['https://board.example']\n"
         "  tls: {cert: c.pem, key: k.pem}\n"
         "backend:\n  kind: memory\n  path: /tmp/x.db\n"
-        "limits:\n  rate_per_s: 0.5\n"
+        "limits:\n  rate_per_s: 0.5\n  write_timeout_s: 2.5\n"
         "board:\n  statuses: [draft, done]\n"
         "log:\n  format: json\n  level: debug\n",
         tmp_path,
@@ -107,6 +108,7 @@ def test_file_overrides(tmp_path: Path) -> None:
     assert s.backend.kind == "memory"
     assert s.state_path == Path("/tmp/x.db")
     assert s.limits.rate_per_s == 0.5
+    assert s.limits.write_timeout_s == 2.5
     assert s.board_statuses == ("draft", "done")
     assert (s.log_format, s.log_level) == ("json", "debug")
 
@@ -169,6 +171,7 @@ def test_unknown_key_without_close_match(tmp_path: Path) -> None:
         ("backend:\n  kind: postgres\n", "backend.kind"),
         ("backend:\n  buffer_size: null\n", "backend.buffer_size"),
         ("limits:\n  burst: 0\n", "limits.burst"),
+        ("limits:\n  write_timeout_s: 0\n", "limits.write_timeout_s"),
         ("log:\n  format: xml\n", "log.format"),
         ("log:\n  level: loud\n", "log.level"),
         ("repo: [a]\n", "repo"),

@@ -68,3 +68,12 @@ def test_fractional_rate() -> None:
     assert bucket.take(0.0)
     assert not bucket.take(1.9)
     assert bucket.take(2.0)
+
+
+def test_available() -> None:
+    bucket = TokenBucket(rate_per_s=4, burst=8, now=0.0)
+    assert bucket.take(0.0, 6)
+    assert bucket.available() == 2
+    assert bucket.available(0.5) == 4  # refills to now
+    assert bucket.available() == 4
+    assert bucket.available(100.0) == 8  # capped at burst

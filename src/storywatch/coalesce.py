@@ -29,9 +29,12 @@ class View:
 
 def transformed(event: Event, scope: Scope) -> View | None:
     """The event as seen through ``scope``; None when the token may not see it at all."""
-    before, after = event.before(), event.after()
     if scope.epics is None:
-        return View(event, event.type, before, after)
+        plain: View | None = event.memo.get("view")
+        if plain is None:
+            plain = event.memo["view"] = View(event, event.type, event.before(), event.after())
+        return plain
+    before, after = event.before(), event.after()
     sees_before, sees_after = scope.sees(before), scope.sees(after)
     if event.type == "story.invalid" or event.type == "story.created":
         return View(event, event.type, before, after) if sees_after else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -265,6 +266,8 @@ def _merge(target: dict[str, Any], source: Mapping[str, Any], prefix: str) -> No
             raise ConfigError(f"{dotted}: unknown key{_hint(str(key), target)}")
         default = DEFAULTS_FLAT.get(dotted, target[key])
         if isinstance(target[key], dict) and dotted != "auth.tokens":
+            if value is None:  # an empty section: every key keeps its default
+                continue
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted}: expected a mapping")
             _merge(target[key], value, dotted + ".")
@@ -273,6 +276,8 @@ def _merge(target: dict[str, Any], source: Mapping[str, Any], prefix: str) -> No
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    if dotted not in DEFAULTS_FLAT:
+        raise ConfigError(f"{dotted}: unknown key{_hint(dotted, DEFAULTS_FLAT)}")
     *parents, leaf = dotted.split(".")
     node = raw
     for part in parents:
@@ -290,7 +295,11 @@ def _check_type(dotted: str, value: Any, default: Any) -> Any:
         ok, expected_name = isinstance(value, bool), "true or false"
     elif isinstance(default, int):
         number_types = (int, float) if dotted in FRACTIONAL else (int,)
-        ok = isinstance(value, number_types) and not isinstance(value, bool)
+        ok = (
+            isinstance(value, number_types)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        )
         expected_name = "an integer"
         if ok and (value < 0 or (dotted in POSITIVE and value == 0)):
             raise ConfigError(f"{dotted}: expected a positive integer, got {value}")
