@@ -296,9 +296,7 @@ def _check_type(dotted: str, value: Any, default: Any) -> Any:
     elif isinstance(default, int):
         number_types = (int, float) if dotted in FRACTIONAL else (int,)
         ok = (
-            isinstance(value, number_types)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
+            isinstance(value, number_types) and not isinstance(value, bool) and math.isfinite(value)
         )
         expected_name = "an integer"
         if ok and (value < 0 or (dotted in POSITIVE and value == 0)):

@@ -53,7 +53,13 @@ class Ingest:
         return len(self._backlog)
 
     async def apply(
-        self, changes: Changes, source: Json, *, emit: bool = True, reseed: bool = False
+        self,
+        changes: Changes,
+        source: Json,
+        *,
+        emit: bool = True,
+        reseed: bool = False,
+        expected_later: int = 0,
     ) -> list[Event]:
         for result in changes.values():
             if isinstance(result, ParseError) and result.has_front_matter:
@@ -64,7 +70,7 @@ class Ingest:
                 drafts = []
             # The batch's source learns its size here; held deletes share the same dict.
             if source.get("kind") == "fs" and "batch_size" not in source:
-                source["batch_size"] = len(drafts)
+                source["batch_size"] = len(drafts) + expected_later
             records: IndexRecords | None = None
             if reseed:
                 records = self.index.records(list(self.index.paths()))

@@ -263,10 +263,21 @@ class StoryServer:
             outcome = session.handle_message(message, loop.time(), self.hub)
             if isinstance(outcome, Close):
                 self.metrics.dropped.labels("abuse").inc()
-                await connection.close(outcome.code, outcome.reason)
+                await self._close_draining(connection, outcome)
                 return
             if isinstance(outcome, PublishRequest):
                 await self._publish(session, outcome)
+
+    async def _close_draining(self, connection: ServerConnection, close: Close) -> None:
+        """Close, and keep discarding what the client still sends: its close frame sits
+        behind those messages, and the handshake would otherwise wait for close_timeout."""
+        closing = asyncio.create_task(connection.close(close.code, close.reason))
+        try:
+            async for _ in connection:
+                pass
+        except ConnectionClosed:
+            pass
+        await closing
 
     async def _publish(self, session: Session, request: PublishRequest) -> None:
         if self.ingest is None:

@@ -96,6 +96,8 @@ class Watcher:
         rel = self.repo.rel(path)
         if rel is None:
             return False
+        if _is_git_ref(rel):
+            return True  # HEAD moved: the batch it lands in is the one git changed
         if self.repo.rules.wanted(rel):
             return True
         # Folder events matter (a folder moved in or out carries its stories along).
@@ -108,7 +110,7 @@ class Watcher:
         index_paths: list[str] | None = None
         for _change, path in raw:
             rel = self.repo.rel(path)
-            if rel is None:
+            if rel is None or _is_git_ref(rel):
                 continue
             if self.repo.rules.wanted(rel):
                 rels.add(rel)
@@ -125,6 +127,9 @@ class Watcher:
     async def _on_batch(self, raw: set[tuple[Change, str]]) -> None:
         rels = self._expand(raw)
         if not rels:
+            # Only git moved (a commit, a checkout touching no story): remember where HEAD
+            # is now, so a later, unrelated batch is not tagged with it.
+            self.last_head = self.repo.git_head()
             return
         results = await self._read(rels)
         source = self._source()
@@ -149,6 +154,11 @@ class Watcher:
             elif isinstance(result, ParseError) and rel not in index.broken:
                 self.recheck[rel] = _Held(story_id, now + self.grace_s, source)
                 del results[rel]
+        # Held paths are emitted later with this batch's source: they count in its size
+        # (one that comes back elsewhere in time is a move, counted by that later batch).
+        held_here = sum(
+            1 for h in (*self.held.values(), *self.recheck.values()) if h.source is source
+        )
         logger.debug(
             "batch %s: %d paths, %d held, %d to recheck",
             source["batch"],
@@ -156,8 +166,7 @@ class Watcher:
             len(self.held),
             len(self.recheck),
         )
-        if results:
-            await self.ingest.apply(results, source)
+        await self.ingest.apply(results, source, expected_later=held_here)
         self._schedule()
 
     async def _read(self, rels: set[str]) -> dict[str, ParseResult | None]:
@@ -205,6 +214,10 @@ class Watcher:
             results = self.repo.read_many(sorted(rels))
             await self.ingest.apply(results, source)
         self._schedule()
+
+
+def _is_git_ref(rel: str) -> bool:
+    return rel in (".git/HEAD", ".git/packed-refs") or rel.startswith(".git/refs/heads/")
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
