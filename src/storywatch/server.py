@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 SUBPROTOCOL: Final = Subprotocol("storywatch.v1")
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 PING_INTERVAL_S: Final = 20.0
+CLOSE_TIMEOUT_S: Final = 5.0
 PING_TIMEOUT_S: Final = 20.0
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
@@ -106,6 +107,7 @@ class StoryServer:
             s.port,
             create_connection=_Connection,
             process_request=self._process_request,
+            process_response=self._process_response,
             select_subprotocol=_select_subprotocol,
             subprotocols=[SUBPROTOCOL],
             max_size=self.settings.limits.max_message_bytes,
@@ -113,7 +115,7 @@ class StoryServer:
             ping_interval=PING_INTERVAL_S,
             ping_timeout=PING_TIMEOUT_S,
             open_timeout=None,  # applied by _Connection.handshake
-            close_timeout=5,
+            close_timeout=CLOSE_TIMEOUT_S,
             server_header=SERVER_NAME,
             ssl=ssl_context,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if ssl_context else None,
@@ -209,6 +211,12 @@ class StoryServer:
         self._accepted[connection] = entry
         return None
 
+    def _process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
+            self._accepted.pop(connection, None)  # refused after all (e.g. subprotocol)
+
     def _refuse(self, status: int, code: str, message: str) -> Response:
         self.metrics.rejected.labels(str(status)).inc()
         return _response(error_reply(status, code, message))
@@ -253,6 +261,7 @@ class StoryServer:
             writer.cancel()
             self.hub.sessions.discard(session)
             self._sessions.pop(session, None)
+            self._accepted.pop(connection, None)  # its slot is free now, not at next GC
             self.metrics.connections.dec()
             code = connection.close_code
             logger.info("connection %s closed: code %s", session.id, code)
@@ -330,7 +339,8 @@ class StoryServer:
                 except TimeoutError:
                     logger.warning("connection %s too slow to read; closing", session.id)
                     self.metrics.dropped.labels("slow").inc()
-                    await connection.close(CLOSE_OVERLOADED, "too slow to read")
+                    self.hub.sessions.discard(session)  # nothing more piles up for it
+                    await _close_or_abort(connection, CLOSE_OVERLOADED, "too slow to read")
                     return
                 if born:
                     self.metrics.deliveries.inc()
@@ -361,6 +371,16 @@ def events_counter(metrics: Metrics) -> Callable[[list[Event]], None]:
             metrics.batch_size.observe(len(events))
 
     return count
+
+
+async def _close_or_abort(connection: ServerConnection, code: int, reason: str) -> None:
+    """Close with ``code``; a peer that does not read cannot take the close frame off a
+    full buffer, so after the close timeout the socket is aborted."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await connection.close(code, reason)
+    except TimeoutError:
+        connection.transport.abort()
 
 
 def _select_subprotocol(
