@@ -99,6 +99,11 @@ class Pending:
     def story_id(self) -> str:
         return str(self.data["story_id"])
 
+    def frame_bytes(self) -> bytes:
+        if self.event is not None:
+            return self.event.frame_bytes(self.subs, replay=self.replay)
+        return self.frame().encode()
+
     def frame(self) -> str:
         if self.event is not None:
             return self.event.frame(self.subs, replay=self.replay)

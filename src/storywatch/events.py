@@ -83,6 +83,9 @@ class Event:
     _frames: dict[tuple[tuple[str, ...], bool], str] = field(
         default_factory=dict, repr=False, compare=False
     )
+    _frame_bytes: dict[tuple[tuple[str, ...], bool], bytes] = field(
+        default_factory=dict, repr=False, compare=False
+    )
     _before: list[Json | None] = field(default_factory=list, repr=False, compare=False)
     # Per-event memo for the fan-out (the unscoped view every plain session shares).
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -119,6 +122,16 @@ class Event:
                 tail += ',"replay":true'
             frame = self._frames[key] = self.encoded() + tail + "}"
         return frame
+
+    def frame_bytes(self, subs: tuple[str, ...] = (), *, replay: bool = False) -> bytes:
+        """:meth:`frame` as UTF-8, encoded once for every connection that gets it."""
+        key = (subs, replay)
+        data = self._frame_bytes.get(key)
+        if data is None:
+            if len(self._frame_bytes) > 64:
+                self._frame_bytes.clear()
+            data = self._frame_bytes[key] = self.frame(subs, replay=replay).encode()
+        return data
 
     def before(self) -> Json | None:
         """The story's state before this event (None before a create), computed once."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -100,6 +101,8 @@ class Api:
             wait = float(_first(query, "wait") or DEFAULT_WAIT_S)
         except ValueError:
             return error_reply(400, "bad_request", "`since` must be an integer, `wait` a number")
+        if not math.isfinite(wait):
+            return error_reply(400, "bad_request", "`wait` must be a finite number of seconds")
         wait = min(max(wait, 0.0), MAX_WAIT_S)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait

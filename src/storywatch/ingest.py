@@ -25,6 +25,7 @@ from storywatch.story import ParseError, ParseResult, Story
 logger = logging.getLogger(__name__)
 
 RETRY_MAX_S = 2.0
+DELIVER_SLICE = 200
 
 
 class Ingest:
@@ -97,7 +98,12 @@ class Ingest:
             self._backlog.popleft()
             logger.debug("appended %d events (source %s)", len(events), source.get("batch"))
             if events and self.deliver is not None:
-                self.deliver(events)
+                # A checkout can make thousands of events: hand them over in slices, so
+                # heartbeats, pings and handshakes get the loop in between.
+                for start in range(0, len(events), DELIVER_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    self.deliver(events[start : start + DELIVER_SLICE])
             delivered.extend(events)
         return delivered
 

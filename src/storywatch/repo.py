@@ -62,11 +62,11 @@ class Repo:
         path = self.root / rel
         return path.is_dir() and not path.is_symlink()
 
-    def read(self, rel: str) -> ParseResult | None:
+    def read(self, rel: str, folders: dict[str, bool] | None = None) -> ParseResult | None:
         """Parse the file at ``rel``; None when it is gone or not a file we may read."""
         path = self.root / rel
         try:
-            if not self._inside(path, rel):
+            if not self._inside(path, rel, {} if folders is None else folders):
                 logger.debug(
                     "ignoring %s: it leads outside the repo or through a linked folder", rel
                 )
@@ -90,20 +90,26 @@ class Repo:
             return ParseError("unreadable", f"cannot read file: {exc.strerror or exc}")
         return parse_story(rel, raw, max_bytes=self.max_file_bytes)
 
-    def _inside(self, path: Path, rel: str) -> bool:
+    def _inside(self, path: Path, rel: str, folders: dict[str, bool]) -> bool:
         """Whether ``rel`` is a plain path in the repo: no ``..``, no folder reached through a
-        link, and (for a linked file) a target inside the repo."""
+        link, and (for a linked file) a target inside the repo. ``folders`` caches the
+        folder check for one batch of reads."""
         if rel.startswith("/") or ".." in rel.split("/"):
             return False
-        parent = os.path.realpath(path.parent)
-        expected = self.real_root / PurePosixPath(rel).parent
-        if Path(parent) != expected:
+        folder = rel.rpartition("/")[0]
+        plain = folders.get(folder)
+        if plain is None:
+            real_folder = Path(os.path.realpath(path.parent))
+            plain = folders[folder] = real_folder == self.real_root / PurePosixPath(folder)
+        if not plain:
             return False
-        real = Path(os.path.realpath(path))
-        return real.is_relative_to(self.real_root)
+        if not path.is_symlink():
+            return True
+        return Path(os.path.realpath(path)).is_relative_to(self.real_root)
 
     def read_many(self, rels: Iterable[str]) -> dict[str, ParseResult | None]:
-        return {rel: self.read(rel) for rel in rels}
+        folders: dict[str, bool] = {}
+        return {rel: self.read(rel, folders) for rel in rels}
 
     def git_head(self) -> dict[str, Any] | None:
         """{"head": sha, "branch": name or None} for a git checkout, else None."""

@@ -24,6 +24,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from storywatch import SERVER_NAME
@@ -89,6 +90,7 @@ class StoryServer:
             weakref.WeakKeyDictionary()
         )
         self._sessions: dict[Session, tuple[ServerConnection, TokenEntry]] = {}
+        self._per_token: dict[str, int] = {}  # accepted connections by token name
         self._ids = itertools.count(1)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Future[None]] = set()
@@ -205,17 +207,26 @@ class StoryServer:
         limits = self.settings.limits
         if len(self._accepted) >= limits.max_connections:
             return self._refuse(503, "overloaded", "too many connections")
-        per_token = sum(1 for e in self._accepted.values() if e.name == entry.name)
-        if per_token >= limits.max_connections_per_token:
+        if self._per_token.get(entry.name, 0) >= limits.max_connections_per_token:
             return self._refuse(429, "too_many_connections", "too many connections for token")
         self._accepted[connection] = entry
+        self._per_token[entry.name] = self._per_token.get(entry.name, 0) + 1
         return None
+
+    def _release(self, connection: ServerConnection) -> None:
+        entry = self._accepted.pop(connection, None)
+        if entry is not None:
+            left = self._per_token.get(entry.name, 1) - 1
+            if left > 0:
+                self._per_token[entry.name] = left
+            else:
+                self._per_token.pop(entry.name, None)
 
     def _process_response(
         self, connection: ServerConnection, request: Request, response: Response
     ) -> None:
         if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
-            self._accepted.pop(connection, None)  # refused after all (e.g. subprotocol)
+            self._release(connection)  # refused after all (e.g. subprotocol)
 
     def _refuse(self, status: int, code: str, message: str) -> Response:
         self.metrics.rejected.labels(str(status)).inc()
@@ -261,7 +272,7 @@ class StoryServer:
             writer.cancel()
             self.hub.sessions.discard(session)
             self._sessions.pop(session, None)
-            self._accepted.pop(connection, None)  # its slot is free now, not at next GC
+            self._release(connection)  # its slot is free now, not at next GC
             self.metrics.connections.dec()
             code = connection.close_code
             logger.info("connection %s closed: code %s", session.id, code)
@@ -320,33 +331,68 @@ class StoryServer:
         return True
 
     async def _writer(self, connection: ServerConnection, session: Session) -> None:
+        """Write the session's frames: every frame ready is written at once, in one socket
+        write, on the next turn of the loop after it was queued. The task itself only
+        waits — for the rate limit, or for a full socket to drain (``write_timeout_s``)."""
         loop = asyncio.get_running_loop()
+        protocol, transport = connection.protocol, connection.transport
+        metrics = self.metrics
         wake = asyncio.Event()
-        session.wakeup = wake.set
+        scheduled = False
+        wait_s = 0.0
+
+        def flush() -> None:
+            nonlocal scheduled, wait_s
+            scheduled = False
+            if protocol.state is not State.OPEN or connection.paused:
+                wake.set()
+                return
+            out = session.drain(loop.time())
+            if out.frames:
+                for frame in out.frames:
+                    protocol.send_text(frame)
+                transport.write(b"".join(protocol.data_to_send()))
+                if out.delivered:
+                    metrics.deliveries.inc(out.delivered)
+                    metrics.latency.observe(max(0.0, time.time() - out.born))
+            if out.wait > 0 or connection.paused:
+                wait_s = out.wait
+                wake.set()
+            elif session.has_frames():
+                schedule()  # more than one batch: yield to other connections first
+
+        def schedule() -> None:
+            nonlocal scheduled
+            if not scheduled:
+                scheduled = True
+                loop.call_soon(flush)
+
+        session.wakeup = schedule
+        schedule()
         try:
             while True:
-                frame, wait, born = session.next_frame(loop.time())
-                if frame is None:
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    else:
-                        wake.clear()
-                        await wake.wait()
-                    continue
-                try:
-                    async with asyncio.timeout(self.settings.limits.write_timeout_s):
-                        await connection.send(frame)
-                except TimeoutError:
-                    logger.warning("connection %s too slow to read; closing", session.id)
-                    self.metrics.dropped.labels("slow").inc()
-                    self.hub.sessions.discard(session)  # nothing more piles up for it
-                    await _close_or_abort(connection, CLOSE_OVERLOADED, "too slow to read")
+                await wake.wait()
+                wake.clear()
+                if protocol.state is not State.OPEN:
                     return
-                if born:
-                    self.metrics.deliveries.inc()
-                    self.metrics.latency.observe(max(0.0, time.time() - born))
-        except ConnectionClosed:
+                if connection.paused:
+                    try:
+                        async with asyncio.timeout(self.settings.limits.write_timeout_s):
+                            await connection.drain()
+                    except TimeoutError:
+                        logger.warning("connection %s too slow to read; closing", session.id)
+                        metrics.dropped.labels("slow").inc()
+                        self.hub.sessions.discard(session)  # nothing more piles up for it
+                        await _close_or_abort(connection, CLOSE_OVERLOADED, "too slow to read")
+                        return
+                elif wait_s > 0:
+                    await asyncio.sleep(wait_s)
+                    wait_s = 0.0
+                schedule()
+        except (ConnectionClosed, ConnectionError):
             return
+        finally:
+            session.wakeup = lambda: None
 
     async def _heartbeats(self) -> None:
         interval = self.settings.server.heartbeat_s
@@ -357,7 +403,7 @@ class StoryServer:
                 separators=(",", ":"),
             )
             for session in list(self._sessions):
-                session.send_raw(frame)
+                session.send_raw(frame, urgent=True)
             self.metrics.stories.set(len(self.hub))
             self.metrics.seq.set(self.hub.seq)
 

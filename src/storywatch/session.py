@@ -11,7 +11,7 @@ import itertools
 import json
 import math
 import posixpath
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -64,6 +64,17 @@ class PublishRequest:
     source: Json | None
 
 
+@dataclass(slots=True)
+class Drained:
+    """What a writer may send now: frames, and for the metrics the live events among them
+    and the creation time of the first; ``wait`` > 0 when the rate limit holds the rest."""
+
+    frames: list[bytes] = field(default_factory=list)
+    wait: float = 0.0
+    delivered: int = 0
+    born: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Close:
     code: int
@@ -88,6 +99,7 @@ class Session:
         self._mergeable: dict[str, int] = {}
         self._pending_events = 0
         self._sub_start: dict[str, int] = {}  # sub → the seq it started after
+        self._urgent: deque[str] = deque()
         self._keys = itertools.count()
         self._inbound = TokenBucket(limits.inbound_per_s, limits.inbound_burst, now)
         # Rejected messages drain a slower second bucket: emptying it (rejections well above
@@ -281,10 +293,17 @@ class Session:
         # ASCII escapes: a client's odd string (a lone surrogate) echoed back stays sendable.
         self.send_raw(json.dumps(message, separators=(",", ":")))
 
-    def send_raw(self, frame: str) -> None:
-        """A frame encoded once for many sessions (heartbeats)."""
-        self.outbox[next(self._keys)] = frame
+    def send_raw(self, frame: str, *, urgent: bool = False) -> None:
+        """A frame encoded once for many sessions. ``urgent`` frames (heartbeats) go out
+        before anything pending: they carry no order, and must not wait behind a backlog."""
+        if urgent:
+            self._urgent.append(frame)
+        else:
+            self.outbox[next(self._keys)] = frame
         self.wakeup()
+
+    def has_frames(self) -> bool:
+        return bool(self._urgent or self.outbox)
 
     @property
     def pending_stories(self) -> int:
@@ -397,9 +416,38 @@ class Session:
             self.subs.clear()
             self._sub_start.clear()
 
+    def drain(self, now: float, max_frames: int = 256) -> Drained:
+        """Up to ``max_frames`` frames that may be written now, as UTF-8."""
+        out = Drained()
+        while self._urgent:
+            out.frames.append(self._urgent.popleft().encode())
+        while self.outbox and len(out.frames) < max_frames:
+            key, item = next(iter(self.outbox.items()))
+            if isinstance(item, str):
+                del self.outbox[key]
+                out.frames.append(item.encode())
+                continue
+            if not self._outbound.take(now):
+                out.wait = self._outbound.wait_time(now)
+                break
+            self._sent(key, item)
+            out.frames.append(item.frame_bytes())
+            if item.event is not None and not item.replay:
+                out.delivered += 1
+                out.born = out.born or item.event.born
+        return out
+
+    def _sent(self, key: int, item: Pending) -> None:
+        del self.outbox[key]
+        self._pending_events -= 1
+        if self._mergeable.get(item.story_id) == key:
+            del self._mergeable[item.story_id]
+
     def next_frame(self, now: float) -> tuple[str | None, float, float]:
         """(frame, 0, born) to write next — ``born`` is the live event's creation time, else
         0 — or (None, seconds to wait, 0) when rate-limited or idle."""
+        if self._urgent:
+            return self._urgent.popleft(), 0.0, 0.0
         if not self.outbox:
             return None, 0.0, 0.0
         key, item = next(iter(self.outbox.items()))
@@ -408,10 +456,7 @@ class Session:
             return item, 0.0, 0.0
         if not self._outbound.take(now):
             return None, self._outbound.wait_time(now), 0.0
-        del self.outbox[key]
-        self._pending_events -= 1
-        if self._mergeable.get(item.story_id) == key:
-            del self._mergeable[item.story_id]
+        self._sent(key, item)
         born = item.event.born if item.event is not None and not item.replay else 0.0
         return item.frame(), 0.0, born
 

@@ -236,7 +236,7 @@ class RedisLog:
         while True:
             try:
                 answer = await self.reader.xread(
-                    {self.keys["events"]: last_id}, block=BLOCK_MS, count=1000
+                    {self.keys["events"]: last_id}, block=BLOCK_MS, count=200
                 )
                 meta = await self.redis.hmget(self.keys["meta"], ["epoch", "index_gen"])
                 self._ok()
