@@ -68,8 +68,11 @@ def origin_allowed(origin: str | None, host: str | None, tls: bool, allowed: Ite
 
 
 def _normalize(origin: str) -> str:
-    parts = urlsplit(origin.lower())
-    port = parts.port
+    try:
+        parts = urlsplit(origin.lower())
+        port = parts.port
+    except ValueError:  # not a URL (bad port, brackets): matches nothing
+        return "\x00invalid"
     default = {"http": 80, "https": 443}.get(parts.scheme)
     host = parts.hostname or ""
     if ":" in host:

@@ -14,8 +14,10 @@ from typing import Any, Final
 _SECRETS: Final = (
     # websockets' debug log of a request line: the whole query may carry the token
     # (percent-encoded keys like ``tok%65n`` authenticate too).
-    re.compile(r"(< [A-Z]+ [^?\s]*\?)\S*"),
-    re.compile(r"(< (?:Authorization|Proxy-Authorization|Cookie):\s*).*", re.IGNORECASE),
+    re.compile(r"(\b[A-Z]{3,7} /[^?\s]*\?)\S*"),
+    re.compile(r"((?:Authorization|Proxy-Authorization|Cookie)\W{1,3})[^\n]*", re.IGNORECASE),
+    # websockets quotes what it could not parse; a header value may be a token.
+    re.compile(r"(invalid HTTP [a-z ]+: )[^\n]*"),
     re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE),
     re.compile(r"(Bearer\s+)\S+", re.IGNORECASE),
     re.compile(r"(#token=)\S+"),

@@ -183,11 +183,17 @@ class StoryServer:
             return self._refuse(503, "starting", "starting up; retry shortly")
 
         headers = request.headers
+        single: dict[str, str | None] = {}
+        for name in ("Origin", "Host", "Authorization"):
+            values = headers.get_all(name)
+            if len(values) > 1:
+                return self._refuse(400, "bad_request", f"repeated {name} header")
+            single[name] = values[0] if values else None
         if not origin_allowed(
-            headers.get("Origin"), headers.get("Host"), self.tls, self.settings.server.origins
+            single["Origin"], single["Host"], self.tls, self.settings.server.origins
         ):
             return self._refuse(403, "forbidden", "origin not allowed")
-        entry = self.auth.lookup(token_from(request.path, headers.get("Authorization")))
+        entry = self.auth.lookup(token_from(request.path, single["Authorization"]))
         if entry is None:
             return self._refuse(401, "unauthorized", "missing or unknown token")
         principal = principal_of(entry)
@@ -319,11 +325,17 @@ class StoryServer:
 
     def _publish_in_scope(self, request: PublishRequest, session: Session) -> bool:
         scope = session.principal.scope
+        index = self.ingest.index if self.ingest is not None else None
         for item in request.items:
             if item["op"] == "upsert":
-                if not scope.sees(item["story"]):
+                story = item["story"]
+                if not scope.sees(story):
                     return False
-                current = self.hub.story(str(item["story"]["id"]))
+                current = self.hub.story(str(story["id"]))
+                # The story whose file the upsert would take over must be in scope too.
+                owner = index.owns(str(story.get("path", ""))) if index is not None else None
+                if owner is not None and not scope.sees(self.hub.story(owner)):
+                    return False
             else:
                 current = self.hub.story(str(item["id"]))
             if current is not None and not scope.sees(current):

@@ -474,6 +474,8 @@ def _publish_item_problem(item: Any) -> str | None:
             return "story needs an `id` (string or number)"
         if "path" in story and not _clean_relative_path(story["path"]):
             return "story `path` must be a relative POSIX path inside the repo"
+        if "path" not in story and not _clean_relative_path(str(story_id)):
+            return "story needs a `path` (its id cannot be used as one)"
         problem = _json_value_problem(story)
         return f"story {problem}" if problem else None
     if op == "delete":
@@ -488,7 +490,7 @@ def _clean_relative_path(path: Any) -> bool:
     """A path that cannot point outside the repo: relative, normalized, no ``..``."""
     if not isinstance(path, str) or not path or len(path) > 1024:
         return False
-    if path.startswith("/") or "\\" in path or "\x00" in path:
+    if path.startswith("/") or "\\" in path or "\x00" in path or path == ".":
         return False
     return posixpath.normpath(path) == path and ".." not in path.split("/")
 

@@ -32,8 +32,7 @@ logger = logging.getLogger(__name__)
 # Batches keep collecting while changes keep coming, but never longer than this, so a
 # settled file is reported within a second even during a long checkout.
 MAX_BATCH_MS = 500
-# Reading more files than this moves the work off the event loop.
-THREAD_THRESHOLD = 64
+ROOT_POLL_S = 0.5
 
 
 @dataclass
@@ -59,13 +58,34 @@ class Watcher:
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
-        """Watch until :meth:`stop`; set ``running`` once changes are being observed."""
+        """Watch until :meth:`stop`; set ``running`` once changes are being observed.
+
+        If the root folder itself disappears, the watch dies with it: wait for the folder
+        to come back, watch it again and diff everything against the index."""
+        first_round = True
+        while not self._stop.is_set():
+            await self._watch_once(first_round)
+            first_round = False
+            if self._stop.is_set():
+                break
+            logger.warning("the watched folder %s is gone; waiting for it", self.repo.root)
+            while not self._stop.is_set() and not self.repo.root.is_dir():
+                await asyncio.sleep(ROOT_POLL_S)
+            if self._stop.is_set():
+                break
+            logger.info("the watched folder %s is back; rescanning", self.repo.root)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def _watch_once(self, first_round: bool) -> None:
+        """One awatch on the root, until stopped or until the root vanishes."""
+        gone = asyncio.Event()
         changes_iter = awatch(
             self.repo.root,
             watch_filter=self._wanted,
             step=max(1, self.settings.settle_ms),
             debounce=max(MAX_BATCH_MS, self.settings.settle_ms * 2),
-            stop_event=self._stop,
+            stop_event=_AnyEvent(self._stop, gone),
             force_polling=self.settings.force_polling,
             ignore_permission_denied=True,
             rust_timeout=1000,
@@ -75,19 +95,23 @@ class Watcher:
         # watchfiles installs its watches before its first await; one turn of the loop
         # is enough for changes made from now on to be seen.
         await asyncio.sleep(0.05)
-        self.running.set()
-        await self.initial_done.wait()
+        if first_round:
+            self.running.set()
+            await self.initial_done.wait()
+        else:
+            await self._process(set(self.repo.walk()) | set(self.ingest.index.paths()))
         try:
             raw = await first
             while True:
                 if raw:
                     await self._on_batch(raw)
+                if not self.repo.root.is_dir():
+                    gone.set()
+                    await _finish(changes_iter)
+                    return
                 raw = await changes_iter.__anext__()
         except StopAsyncIteration:
             pass
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
 
     def stop(self) -> None:
         self._stop.set()
@@ -112,11 +136,13 @@ class Watcher:
             rel = self.repo.rel(path)
             if rel is None or _is_git_ref(rel):
                 continue
-            if self.repo.rules.wanted(rel):
+            if self.repo.is_dir(rel):  # also a folder named like a story (notes.md/)
+                rels.update(self.repo.walk(rel))
+                if self.repo.rules.wanted(rel):
+                    rels.add(rel)  # a story file replaced by a folder: read as gone
+            elif self.repo.rules.wanted(rel):
                 rels.add(rel)
                 continue
-            if self.repo.is_dir(rel):
-                rels.update(self.repo.walk(rel))
             # A folder that went away takes its stories with it.
             if index_paths is None:
                 index_paths = list(self.ingest.index.paths())
@@ -131,6 +157,10 @@ class Watcher:
             # is now, so a later, unrelated batch is not tagged with it.
             self.last_head = self.repo.git_head()
             return
+        await self._process(rels)
+
+    async def _process(self, rels: set[str]) -> None:
+        """Re-read these paths and hand the results over, with the editor-save holds."""
         results = await self._read(rels)
         source = self._source()
         loop = asyncio.get_running_loop()
@@ -170,10 +200,9 @@ class Watcher:
         self._schedule()
 
     async def _read(self, rels: set[str]) -> dict[str, ParseResult | None]:
-        ordered = sorted(rels)
-        if len(ordered) > THREAD_THRESHOLD:
-            return await asyncio.to_thread(self.repo.read_many, ordered)
-        return self.repo.read_many(ordered)
+        # Always off the loop: one hostile file (a megabyte of tiny YAML values) takes
+        # seconds to build before the size guards can see it.
+        return await asyncio.to_thread(self.repo.read_many, sorted(rels))
 
     def _source(self) -> Json:
         source: Json = {"kind": "fs", "batch": f"b-{next(self._batches)}"}
@@ -214,6 +243,28 @@ class Watcher:
             results = self.repo.read_many(sorted(rels))
             await self.ingest.apply(results, source)
         self._schedule()
+
+
+class _AnyEvent:
+    """Set when either event is: what awatch's ``stop_event`` needs (``is_set``)."""
+
+    def __init__(self, *events: asyncio.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self.events)
+
+    def set(self) -> None:  # awatch sets it when cancelled
+        self.events[0].set()
+
+
+async def _finish(changes_iter: Any) -> None:
+    """Let awatch see its stop event and release its watches."""
+    try:
+        while True:
+            await changes_iter.__anext__()
+    except StopAsyncIteration:
+        return
 
 
 def _is_git_ref(rel: str) -> bool:
