@@ -31,7 +31,7 @@ from storywatch.ingest import Ingest
 from storywatch.log import EventLog, LogState, ReplayBuffer, open_log
 from storywatch.metrics import Metrics
 from storywatch.paths import PathRules
-from storywatch.repo import Repo
+from storywatch.repo import Repo, parse_tree
 from storywatch.server import StoryServer, events_counter
 from storywatch.watcher import Watcher
 
@@ -179,7 +179,7 @@ class App:
         self._watch_task.add_done_callback(_log_crash("watcher"))
         await self.watcher.running.wait()
         rels = sorted(set(await asyncio.to_thread(repo.walk)) | set(self.ingest.index.paths()))
-        results = await asyncio.to_thread(repo.read_many, rels)
+        results = await asyncio.to_thread(parse_tree, repo, rels)
         # With no earlier state there is nothing to tell: index silently (a shared backend
         # gets the whole index). Otherwise what changed while nobody watched is emitted.
         source: Json = {"kind": "fs", "batch": "startup", "startup": True}

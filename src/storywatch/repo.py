@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Final
 
 from storywatch.paths import PathRules
 from storywatch.story import ParseError, ParseResult, parse_story
@@ -153,3 +157,57 @@ def _is_regular(mode: int) -> bool:
     import stat
 
     return stat.S_ISREG(mode)
+
+
+# Below this many files, starting worker processes costs more than it saves.
+PARALLEL_FROM: Final = 2000
+
+
+def parse_tree(
+    repo: Repo, paths: Sequence[str], on_progress: Callable[[int], None] | None = None
+) -> dict[str, ParseResult | None]:
+    """Read and parse many files: in worker processes for big trees (YAML parsing is
+    CPU-bound and holds the GIL), else here."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(paths) >= PARALLEL_FROM and workers > 1:
+        with contextlib.suppress(OSError, BrokenProcessPool):
+            return _parse_parallel(repo, paths, workers, on_progress)
+    results: dict[str, ParseResult | None] = {}
+    folders: dict[str, bool] = {}
+    for n, rel in enumerate(paths, 1):
+        results[rel] = repo.read(rel, folders)
+        if on_progress is not None and n % 200 == 0:
+            on_progress(n)
+    return results
+
+
+def _parse_parallel(
+    repo: Repo,
+    paths: Sequence[str],
+    workers: int,
+    on_progress: Callable[[int], None] | None,
+) -> dict[str, ParseResult | None]:
+    size = max(100, len(paths) // (workers * 8))
+    chunks = [list(paths[i : i + size]) for i in range(0, len(paths), size)]
+    results: dict[str, ParseResult | None] = {}
+    # Not fork: forking a process that may hold threads can deadlock (and warns from 3.12).
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_parse_chunk, str(repo.root), repo.rules, repo.max_file_bytes, chunk)
+            for chunk in chunks
+        ]
+        for future in as_completed(futures):
+            results.update(future.result())
+            if on_progress is not None:
+                on_progress(len(results))
+    return {rel: results[rel] for rel in paths}
+
+
+def _parse_chunk(
+    root: str, rules: PathRules, max_file_bytes: int, paths: list[str]
+) -> list[tuple[str, ParseResult | None]]:
+    repo = Repo(Path(root), rules, max_file_bytes=max_file_bytes)
+    folders: dict[str, bool] = {}
+    return [(rel, repo.read(rel, folders)) for rel in paths]

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import multiprocessing
 import os
 import re
 import signal
@@ -21,11 +20,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, TextIO
 
 import yaml
 
@@ -35,11 +32,10 @@ from storywatch.errors import BackendError, ConfigError, StorywatchError
 from storywatch.events import EVENT_TYPES, Json
 from storywatch.gitdiff import GitDiff, diff_revisions, index_of
 from storywatch.paths import PathRules
-from storywatch.repo import Repo
+from storywatch.repo import Repo, parse_tree
 from storywatch.story import ParseError, ParseResult
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-PARALLEL_FROM: Final = 2000  # below this many files, starting worker processes costs more
 
 Common = Callable[[argparse.ArgumentParser], None]
 RedisPublish = Callable[
@@ -289,44 +285,7 @@ def read_tree(
     repo: Repo, paths: Sequence[str], progress: Progress
 ) -> dict[str, ParseResult | None]:
     """Parse every file; in worker processes for big trees (YAML parsing is CPU-bound)."""
-    workers = min(os.cpu_count() or 1, 8)
-    if len(paths) >= PARALLEL_FROM and workers > 1:
-        with contextlib.suppress(OSError, BrokenProcessPool):
-            return _read_parallel(repo, paths, progress, workers)
-    results: dict[str, ParseResult | None] = {}
-    for n, rel in enumerate(paths, 1):
-        results[rel] = repo.read(rel)
-        if n % 200 == 0:
-            progress.update(n)
-    return results
-
-
-def _read_parallel(
-    repo: Repo, paths: Sequence[str], progress: Progress, workers: int
-) -> dict[str, ParseResult | None]:
-    size = max(100, len(paths) // (workers * 8))
-    chunks = [list(paths[i : i + size]) for i in range(0, len(paths), size)]
-    rules = repo.rules
-    results: dict[str, ParseResult | None] = {}
-    # Not fork: forking a process that may hold threads can deadlock (and warns from 3.12).
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [
-            pool.submit(_read_chunk, str(repo.root), rules, repo.max_file_bytes, chunk)
-            for chunk in chunks
-        ]
-        for future in as_completed(futures):
-            results.update(future.result())
-            progress.update(len(results))
-    return results
-
-
-def _read_chunk(
-    root: str, rules: PathRules, max_file_bytes: int, paths: list[str]
-) -> list[tuple[str, ParseResult | None]]:
-    repo = Repo(Path(root), rules, max_file_bytes=max_file_bytes)
-    return [(rel, repo.read(rel)) for rel in paths]
+    return parse_tree(repo, paths, progress.update)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
