@@ -147,10 +147,16 @@ class Ingest:
                 changes[story.path] = story
         return await self.apply(changes, source)
 
+    def target_path(self, raw: Mapping[str, Any]) -> str:
+        """The file a published story lands on: its ``path``, else where it is, else its id."""
+        story_id = str(raw["id"])
+        known = self.index.get(story_id)
+        return str(raw.get("path") or (known.path if known else story_id))
+
     def _story_from(self, raw: Mapping[str, Any]) -> Story:
         story_id = str(raw["id"])
         known = self.index.get(story_id)
-        path = raw.get("path") or (known.path if known else story_id)
+        path = self.target_path(raw)
         body = raw.get("body")
         if not isinstance(body, str):
             body = known.body if known else ""

@@ -14,7 +14,7 @@ from typing import Any, Final
 _SECRETS: Final = (
     # websockets' debug log of a request line: the whole query may carry the token
     # (percent-encoded keys like ``tok%65n`` authenticate too).
-    re.compile(r"(\b[A-Z]{3,7} /[^?\s]*\?)\S*"),
+    re.compile(r"(\b[A-Za-z]{3,7} [^?\s]*\?)\S*"),
     re.compile(r"((?:Authorization|Proxy-Authorization|Cookie)\W{1,3})[^\n]*", re.IGNORECASE),
     # websockets quotes what it could not parse; a header value may be a token.
     re.compile(r"(invalid HTTP [a-z ]+: )[^\n]*"),

@@ -325,7 +325,7 @@ class StoryServer:
 
     def _publish_in_scope(self, request: PublishRequest, session: Session) -> bool:
         scope = session.principal.scope
-        index = self.ingest.index if self.ingest is not None else None
+        ingest = self.ingest
         for item in request.items:
             if item["op"] == "upsert":
                 story = item["story"]
@@ -333,7 +333,7 @@ class StoryServer:
                     return False
                 current = self.hub.story(str(story["id"]))
                 # The story whose file the upsert would take over must be in scope too.
-                owner = index.owns(str(story.get("path", ""))) if index is not None else None
+                owner = ingest.index.owns(ingest.target_path(story)) if ingest else None
                 if owner is not None and not scope.sees(self.hub.story(owner)):
                     return False
             else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 # Batches keep collecting while changes keep coming, but never longer than this, so a
 # settled file is reported within a second even during a long checkout.
 MAX_BATCH_MS = 500
-ROOT_POLL_S = 0.5
+ROOT_POLL_S = 0.2
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Watcher:
     async def _watch_once(self, first_round: bool) -> None:
         """One awatch on the root, until stopped or until the root vanishes."""
         gone = asyncio.Event()
+        # A handle on the watched folder itself: once that folder is deleted its link
+        # count drops to 0, even if a new folder (maybe with the same inode) took its path.
+        watched = os.open(self.repo.root, os.O_RDONLY | os.O_DIRECTORY)
         changes_iter = awatch(
             self.repo.root,
             watch_filter=self._wanted,
@@ -105,13 +109,16 @@ class Watcher:
             while True:
                 if raw:
                     await self._on_batch(raw)
-                if not self.repo.root.is_dir():
+                # Gone, or replaced by a new folder (its inotify watch died with the old one).
+                if os.fstat(watched).st_nlink == 0 or not self.repo.root.is_dir():
                     gone.set()
                     await _finish(changes_iter)
                     return
                 raw = await changes_iter.__anext__()
         except StopAsyncIteration:
             pass
+        finally:
+            os.close(watched)
 
     def stop(self) -> None:
         self._stop.set()
