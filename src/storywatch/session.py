@@ -11,7 +11,7 @@ import itertools
 import json
 import math
 import posixpath
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -25,6 +25,7 @@ from storywatch.ratelimit import TokenBucket
 SNAPSHOT_CHUNK: Final = 500
 MAX_SUB_LENGTH: Final = 64
 MAX_PUBLISH_ITEMS: Final = 1000
+RATE_BATCH: Final = 20  # a rate-limited writer waits for this many tokens (100 ms at 200/s)
 
 CLOSE_POLICY: Final = 1008
 
@@ -99,7 +100,7 @@ class Session:
         self._mergeable: dict[str, int] = {}
         self._pending_events = 0
         self._sub_start: dict[str, int] = {}  # sub → the seq it started after
-        self._urgent: deque[str] = deque()
+        self._urgent: list[str] = []  # a list, not a deque: ~700 bytes less per connection
         self._keys = itertools.count()
         self._inbound = TokenBucket(limits.inbound_per_s, limits.inbound_burst, now)
         # Rejected messages drain a slower second bucket: emptying it (rejections well above
@@ -419,8 +420,9 @@ class Session:
     def drain(self, now: float, max_frames: int = 256) -> Drained:
         """Up to ``max_frames`` frames that may be written now, as UTF-8."""
         out = Drained()
-        while self._urgent:
-            out.frames.append(self._urgent.popleft().encode())
+        if self._urgent:
+            out.frames.extend(frame.encode() for frame in self._urgent)
+            self._urgent.clear()
         while self.outbox and len(out.frames) < max_frames:
             key, item = next(iter(self.outbox.items()))
             if isinstance(item, str):
@@ -428,7 +430,9 @@ class Session:
                 out.frames.append(item.encode())
                 continue
             if not self._outbound.take(now):
-                out.wait = self._outbound.wait_time(now)
+                # Wake up for a handful of tokens at once, not for every single one.
+                batch = min(self._pending_events, RATE_BATCH)
+                out.wait = self._outbound.wait_time(now, batch)
                 break
             self._sent(key, item)
             out.frames.append(item.frame_bytes())
@@ -447,7 +451,7 @@ class Session:
         """(frame, 0, born) to write next — ``born`` is the live event's creation time, else
         0 — or (None, seconds to wait, 0) when rate-limited or idle."""
         if self._urgent:
-            return self._urgent.popleft(), 0.0, 0.0
+            return self._urgent.pop(0), 0.0, 0.0
         if not self.outbox:
             return None, 0.0, 0.0
         key, item = next(iter(self.outbox.items()))
