@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from storywatch.events import Event, Json
 from storywatch.filters import Scope
-from storywatch.index import field_changes
+from storywatch.index import change_type, field_changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +132,8 @@ def merge(first: Pending, second: Pending) -> Pending | None:
         changes = field_changes(before, after)
         body_changed = bool(first.data.get("body_changed")) or bool(last.get("body_changed"))
         moved = before.get("path") != after.get("path")
-        if "status" in changes:
-            kind = "story.transitioned"
-        elif moved:
-            kind = "story.moved"
-        elif changes or body_changed:
-            kind = "story.updated"
-        else:
+        kind = change_type(changes, moved=moved, body_changed=body_changed)
+        if kind is None:
             return None  # back where it started
         data = _rewrite(last, kind, after, changes)
         data["body_changed"] = body_changed

@@ -207,14 +207,8 @@ def diff_story(old: Story | None, new: Story) -> Draft | None:
     changes = field_changes(old.fields, new.fields)
     body_changed = old.body != new.body
     moved = old.path != new.path
-    kind: EventType
-    if "status" in changes:
-        kind = "story.transitioned"
-    elif moved:
-        kind = "story.moved"
-    elif changes or body_changed:
-        kind = "story.updated"
-    else:
+    kind = change_type(changes, moved=moved, body_changed=body_changed)
+    if kind is None:
         return None
     return Draft(
         type=kind,
@@ -229,6 +223,17 @@ def diff_story(old: Story | None, new: Story) -> Draft | None:
 
 def _story_record(role: str, story: Story) -> dict[str, Any]:
     return {"role": role, "id": story.id, "story": story.fields, "body": story.body}
+
+
+def change_type(changes: Mapping[str, Any], *, moved: bool, body_changed: bool) -> EventType | None:
+    """The type of a change to an existing story, by SPEC §3's precedence (None: no change)."""
+    if "status" in changes:
+        return "story.transitioned"
+    if moved:
+        return "story.moved"
+    if changes or body_changed:
+        return "story.updated"
+    return None
 
 
 def _deleted(old: Story) -> Draft:
