@@ -73,7 +73,7 @@ STATUSES = ("draft", "ready", "in-progress", "done")
 
 READER = Principal("reader", frozenset({"read"}))
 PUBLISHER = Principal("publisher", frozenset({"publish"}))
-ADMIN = Principal("admin", frozenset({"admin"}))
+ADMIN = Principal("admin", frozenset({"read", "publish", "admin"}))
 INTEGRATION = Principal("integration", frozenset({"read"}), Scope(frozenset({"integration"})))
 INT_PUBLISH = Principal(
     "int-publish", frozenset({"read", "publish"}), Scope(frozenset({"integration"}))

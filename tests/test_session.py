@@ -28,7 +28,7 @@ TIME = "2026-11-26T07:00:00.000Z"
 
 READER = Principal("reader", frozenset({"read"}))
 PUBLISHER = Principal("publisher", frozenset({"publish"}))
-ADMIN = Principal("admin", frozenset({"admin"}))
+ADMIN = Principal("admin", frozenset({"read", "publish", "admin"}))
 INTEGRATION = Principal("integration", frozenset({"read"}), Scope(frozenset({"integration"})))
 
 

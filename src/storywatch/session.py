@@ -39,7 +39,8 @@ class Principal:
     scope: Scope = field(default_factory=Scope)
 
     def can(self, scope: str) -> bool:
-        return scope in self.scopes or "admin" in self.scopes
+        # Scopes are independent: `admin` (the metrics) does not imply read or publish.
+        return scope in self.scopes
 
 
 class HubView(Protocol):
