@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from storywatch.events import Event, Json
+from storywatch.events import Event, Json, text_frame
 from storywatch.filters import Scope
 from storywatch.index import change_type, field_changes
 
@@ -100,9 +100,10 @@ class Pending:
         return str(self.data["story_id"])
 
     def frame_bytes(self) -> bytes:
+        """The complete WebSocket frame (shared by every connection for a plain event)."""
         if self.event is not None:
             return self.event.frame_bytes(self.subs, replay=self.replay)
-        return self.frame().encode()
+        return text_frame(self.frame().encode())
 
     def frame(self) -> str:
         if self.event is not None:

@@ -124,13 +124,14 @@ class Event:
         return frame
 
     def frame_bytes(self, subs: tuple[str, ...] = (), *, replay: bool = False) -> bytes:
-        """:meth:`frame` as UTF-8, encoded once for every connection that gets it."""
+        """:meth:`frame` as a complete WebSocket text frame (RFC 6455, unmasked, as a
+        server sends it), built once for every connection that gets it."""
         key = (subs, replay)
         data = self._frame_bytes.get(key)
         if data is None:
             if len(self._frame_bytes) > 64:
                 self._frame_bytes.clear()
-            data = self._frame_bytes[key] = self.frame(subs, replay=replay).encode()
+            data = self._frame_bytes[key] = text_frame(self.frame(subs, replay=replay).encode())
         return data
 
     def before(self) -> Json | None:
@@ -167,6 +168,19 @@ def old_state(data: Json) -> Json | None:
     if "old_path" in data:
         before["path"] = data["old_path"]
     return before
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked WebSocket text frame (RFC 6455 §5.2): what a server
+    without extensions writes for a text message."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
 
 
 def utc_now_iso(now: dt.datetime | None = None) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 
 from storywatch.coalesce import Pending, View, merge, transformed
 from storywatch.config import Limits
-from storywatch.events import Event, Json
+from storywatch.events import Event, Json, text_frame
 from storywatch.filters import Filter, FilterError, Scope
 from storywatch.ratelimit import TokenBucket
 
@@ -419,16 +419,17 @@ class Session:
             self._sub_start.clear()
 
     def drain(self, now: float, max_frames: int = 256) -> Drained:
-        """Up to ``max_frames`` frames that may be written now, as UTF-8."""
+        """Up to ``max_frames`` frames that may be written now, as complete WebSocket
+        text frames."""
         out = Drained()
         if self._urgent:
-            out.frames.extend(frame.encode() for frame in self._urgent)
+            out.frames.extend(text_frame(frame.encode()) for frame in self._urgent)
             self._urgent.clear()
         while self.outbox and len(out.frames) < max_frames:
             key, item = next(iter(self.outbox.items()))
             if isinstance(item, str):
                 del self.outbox[key]
-                out.frames.append(item.encode())
+                out.frames.append(text_frame(item.encode()))
                 continue
             if not self._outbound.take(now):
                 # Wake up for a handful of tokens at once, not for every single one.
