@@ -2,7 +2,8 @@
 
 The server feeds a :class:`Session` the client's messages and the hub's events; the session
 decides what to send, in which order, and when to coalesce. It never awaits: the server's
-writer task drains :meth:`Session.next_frame` at the pace the token bucket allows.
+writer takes :meth:`Session.drain` (every frame the token bucket allows now, as WebSocket
+frames); :meth:`Session.next_frame` is the same one frame at a time, as JSON text.
 """
 
 from __future__ import annotations
