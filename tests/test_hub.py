@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from storywatch.events import Event
 from storywatch.hub import Hub
 from storywatch.log import ReplayBuffer
@@ -13,6 +16,7 @@ from tests.test_session import (
     INTEGRATION,
     READER,
     Stream,
+    drain,
     frames,
     make_hub,
     make_session,
@@ -236,3 +240,75 @@ def test_cached_matching_gives_the_same_answer_as_direct_matching() -> None:
         assert [json.loads(f) for f in [one.next_frame(0.0)[0]] if f] == [
             json.loads(f) for f in [two.next_frame(0.0)[0]] if f
         ]
+
+
+FILTER_CHOICES: list[dict[str, Any]] = [
+    {},
+    {"statuses": ["a"]},
+    {"events": ["story.transitioned", "story.deleted"]},
+    {"epics": ["ui"]},
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    plans=st.lists(
+        st.tuples(
+            st.booleans(),  # epic-scoped token
+            st.lists(st.sampled_from(range(len(FILTER_CHOICES))), min_size=0, max_size=2),
+            st.sampled_from([1000, 2]),  # outbound burst: 2 makes it coalesce
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from("AB"),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["ui", "integration"]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    regroup_at=st.integers(min_value=0, max_value=12),
+)
+def test_grouped_fan_out_sends_what_each_session_alone_would(
+    plans: list[tuple[bool, list[int], int]],
+    changes: list[tuple[str, str, str]],
+    regroup_at: int,
+) -> None:
+    """Sessions of one group share an outbox entry per event; every session must still end
+    up with exactly the frames it would get from offering it each event by itself, also
+    after one of them changes its subscriptions half way."""
+    stream = Stream()
+    hub = make_hub(stream)
+    grouped, alone = [], []
+    for scoped, choices, burst in plans:
+        principal = INTEGRATION if scoped else READER
+        pair = make_session(principal, burst=burst), make_session(principal, burst=burst)
+        for session in pair:
+            for n, choice in enumerate(choices):
+                send(
+                    session,
+                    hub,
+                    {"type": "subscribe", "sub": f"s{n}", "filter": FILTER_CHOICES[choice]},
+                )
+        hub.sessions.add(pair[0])
+        grouped.append(pair[0])
+        alone.append(pair[1])
+    for step, (story_id, status, epic) in enumerate(changes):
+        if step == regroup_at:
+            for session in (grouped[0], alone[0]):
+                send(
+                    session,
+                    hub,
+                    {"type": "subscribe", "sub": "late", "filter": {"statuses": ["b"]}},
+                )
+        event = stream.try_put(story_id, status=status, epic=epic)
+        if event is None:
+            continue
+        hub.publish([event])
+        for session in alone:
+            session.offer(event, now=0.0)
+    for one, two in zip(grouped, alone, strict=True):
+        assert drain(one)[0] == drain(two)[0]

@@ -1,8 +1,9 @@
 """The hub: current state, the replay window and fan-out to sessions — pure.
 
 Every event passes here once, in seq order: it updates the stories used for snapshots,
-enters the replay buffer and is offered to every session. Matching is cached per distinct
-filter for each event, so a thousand clients with the same filter cost one match.
+enters the replay buffer and is offered to every session. Sessions with the same scope and
+subscriptions form a group that shares one outbox entry per event, and matching is cached
+per distinct filter, so a thousand clients with the same filter cost one match.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from storywatch.coalesce import Pending
 from storywatch.events import Event, Json
 from storywatch.filters import Filter
 from storywatch.log import ReplayBuffer
-from storywatch.session import Session
+from storywatch.session import Group, Session
 
 
 class Hub:
@@ -65,8 +67,18 @@ class Hub:
                     hit = cache[flt] = flt.matches(ev.type, ev.before(), ev.after())
                 return hit
 
+            # One outbox entry per group of sessions with the same scope and subscriptions.
+            entries: dict[Group, Pending | None] = {}
             for session in self.sessions:
-                session.offer(event, matches, now)
+                group = session.group
+                if group is None:
+                    continue
+                try:
+                    entry = entries[group]
+                except KeyError:
+                    entry = entries[group] = session.live_entry(event, matches)
+                if entry is not None:
+                    session.enqueue(entry, now)
         for listener in self.listeners:
             listener(events)
 

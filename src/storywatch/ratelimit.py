@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 class TokenBucket:
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
     def __init__(self, rate_per_s: float, burst: float, now: float) -> None:
         self.rate = float(rate_per_s)
         self.burst = float(burst)

@@ -1,9 +1,10 @@
 """The only importer of websockets: handshake, auth, sessions and their writers.
 
 Auth, origin and connection limits are decided in ``process_request``, before the upgrade.
-Each connection gets a pure :class:`Session` and a writer task that drains its outbox at
-the pace of its token bucket; a socket that stays unwritable for ``write_timeout_s`` is
-closed with 1013, so one stalled phone never holds memory or the event loop.
+Each connection gets a pure :class:`Session`; the shared :class:`~storywatch.writer.Flusher`
+drains every outbox at the pace of its token bucket, and a socket that stays unwritable for
+``write_timeout_s`` is closed with 1013, so one stalled phone never holds memory or the
+event loop.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import itertools
 import json
 import logging
 import ssl
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
@@ -24,7 +24,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from storywatch import SERVER_NAME
@@ -36,6 +35,7 @@ from storywatch.hub import Hub
 from storywatch.ingest import Ingest
 from storywatch.metrics import CONTENT_TYPE_LATEST, Metrics
 from storywatch.session import Close, PublishRequest, Session
+from storywatch.writer import Flusher
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class StoryServer:
         self._ids = itertools.count(1)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Future[None]] = set()
+        self._flusher = Flusher(metrics, settings.limits.write_timeout_s, self._stalled)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -269,13 +270,13 @@ class StoryServer:
                 "scopes": sorted(entry.scopes),
             }
         )
-        writer = asyncio.create_task(self._writer(connection, session))
+        writer = self._flusher.attach(connection, session)
         try:
             await self._reader(connection, session)
         except ConnectionClosed:
             pass
         finally:
-            writer.cancel()
+            writer.close()
             self.hub.sessions.discard(session)
             self._sessions.pop(session, None)
             self._release(connection)  # its slot is free now, not at next GC
@@ -342,69 +343,11 @@ class StoryServer:
                 return False
         return True
 
-    async def _writer(self, connection: ServerConnection, session: Session) -> None:
-        """Write the session's frames: every frame ready is written at once, in one socket
-        write, on the next turn of the loop after it was queued. The task itself only
-        waits — for the rate limit, or for a full socket to drain (``write_timeout_s``)."""
-        loop = asyncio.get_running_loop()
-        protocol, transport = connection.protocol, connection.transport
-        metrics = self.metrics
-        wake = asyncio.Event()
-        scheduled = False
-        wait_s = 0.0
-
-        def flush() -> None:
-            nonlocal scheduled, wait_s
-            scheduled = False
-            if protocol.state is not State.OPEN or connection.paused:
-                wake.set()
-                return
-            out = session.drain(loop.time())
-            if out.frames:
-                # The frames are complete WebSocket frames, built once per event for every
-                # connection (no extensions are negotiated: compression is off).
-                transport.write(b"".join(out.frames))
-                if out.delivered:
-                    metrics.deliveries.inc(out.delivered)
-                    metrics.latency.observe(max(0.0, time.time() - out.born))
-            if out.wait > 0 or connection.paused:
-                wait_s = out.wait
-                wake.set()
-            elif session.has_frames():
-                schedule()  # more than one batch: yield to other connections first
-
-        def schedule() -> None:
-            nonlocal scheduled
-            if not scheduled:
-                scheduled = True
-                loop.call_soon(flush)
-
-        session.wakeup = schedule
-        schedule()
-        try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                if protocol.state is not State.OPEN:
-                    return
-                if connection.paused:
-                    try:
-                        async with asyncio.timeout(self.settings.limits.write_timeout_s):
-                            await connection.drain()
-                    except TimeoutError:
-                        logger.warning("connection %s too slow to read; closing", session.id)
-                        metrics.dropped.labels("slow").inc()
-                        self.hub.sessions.discard(session)  # nothing more piles up for it
-                        await _close_or_abort(connection, CLOSE_OVERLOADED, "too slow to read")
-                        return
-                elif wait_s > 0:
-                    await asyncio.sleep(wait_s)
-                    wait_s = 0.0
-                schedule()
-        except (ConnectionClosed, ConnectionError):
-            return
-        finally:
-            session.wakeup = lambda: None
+    async def _stalled(self, connection: ServerConnection, session: Session) -> None:
+        logger.warning("connection %s too slow to read; closing", session.id)
+        self.metrics.dropped.labels("slow").inc()
+        self.hub.sessions.discard(session)  # nothing more piles up for it
+        await _close_or_abort(connection, CLOSE_OVERLOADED, "too slow to read")
 
     async def _heartbeats(self) -> None:
         interval = self.settings.server.heartbeat_s

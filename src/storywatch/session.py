@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import posixpath
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -84,7 +85,52 @@ class Close:
     reason: str
 
 
+class Group:
+    """Sessions with the same scope and the same subscriptions: a live event means the same
+    outbox entry for all of them, so the hub works it out once per group.
+
+    Interned (one object per distinct key while a session holds it), so the hub's per-event
+    look-up hashes an identity, not a tuple of filters."""
+
+    __slots__ = ("__weakref__", "key")
+
+    def __init__(self, key: tuple[Any, ...]) -> None:
+        self.key = key
+
+    @classmethod
+    def of(cls, scope: Scope, subs: dict[str, Filter]) -> Group:
+        key = (scope, tuple(subs.items()))
+        group = _GROUPS.get(key)
+        if group is None:
+            group = _GROUPS[key] = cls(key)
+        return group
+
+
+_GROUPS: weakref.WeakValueDictionary[tuple[Any, ...], Group] = weakref.WeakValueDictionary()
+
+
 class Session:
+    __slots__ = (
+        "_abuse",
+        "_group",
+        "_inbound",
+        "_keys",
+        "_mergeable",
+        "_outbound",
+        "_pending_events",
+        "_principal",
+        "_sub_start",
+        "_urgent",
+        "id",
+        "limits",
+        "on_coalesced",
+        "on_overflow",
+        "outbox",
+        "stats",
+        "subs",
+        "wakeup",
+    )
+
     def __init__(
         self,
         session_id: str,
@@ -93,9 +139,10 @@ class Session:
         now: float,
     ) -> None:
         self.id = session_id
-        self.principal = principal
+        self._principal = principal
         self.limits = limits
         self.subs: dict[str, Filter] = {}
+        self._group: Group | None = None  # None while nothing is subscribed
         # Frames in send order: control frames (str) and events (Pending), unique keys.
         self.outbox: OrderedDict[int, str | Pending] = OrderedDict()
         # The newest pending entry of each story: the one a later event may merge into.
@@ -109,10 +156,27 @@ class Session:
         # the limit for ~10 s) is sustained abuse.
         self._abuse = TokenBucket(limits.inbound_per_s / 4, limits.inbound_burst, now)
         self._outbound = TokenBucket(limits.rate_per_s, limits.burst, now)
-        self.wakeup: Callable[[], None] = lambda: None
-        self.on_coalesced: Callable[[], None] = lambda: None
-        self.on_overflow: Callable[[], None] = lambda: None
+        self.wakeup: Callable[[], None] = _nothing
+        self.on_coalesced: Callable[[], None] = _nothing
+        self.on_overflow: Callable[[], None] = _nothing
         self.stats = {"coalesced": 0, "overflows": 0}
+
+    @property
+    def principal(self) -> Principal:
+        return self._principal
+
+    @principal.setter
+    def principal(self, principal: Principal) -> None:
+        self._principal = principal  # a token reloaded with other epics: another view
+        self._regroup()
+
+    @property
+    def group(self) -> Group | None:
+        """The fan-out group; None when no subscription wants anything."""
+        return self._group
+
+    def _regroup(self) -> None:
+        self._group = Group.of(self._principal.scope, self.subs) if self.subs else None
 
     # -- client → server ------------------------------------------------------------------
 
@@ -201,6 +265,7 @@ class Session:
         others = [(self._sub_start.get(name, 0), f) for name, f in self.subs.items()]
         self.subs[sub] = flt
         self._sub_start[sub] = hub.seq
+        self._regroup()
         matching = [v for e in replayed or () if (v := self._replay_view(e, flt, others))]
         self.send_control(
             {
@@ -218,7 +283,7 @@ class Session:
         for view in matching:
             if sub not in self.subs:  # an overflow ended the subscription mid-replay
                 break
-            self._enqueue(view, (sub,), replay=True)
+            self._enqueue(Pending.of(view, (sub,), True))
 
     def _replay_view(
         self, event: Event, flt: Filter, others: Sequence[tuple[int, Filter]]
@@ -262,6 +327,7 @@ class Session:
             self.send_error("unknown_sub", f"no subscription {sub[:64]!r}", sub)
             return
         self._sub_start.pop(sub, None)
+        self._regroup()
         self.send_control({"type": "unsubscribed", "sub": sub})
 
     def _publish(self, msg: Json) -> PublishRequest | None:
@@ -323,11 +389,19 @@ class Session:
         now: float | None = None,
     ) -> None:
         """A live event: enqueue it if any subscription wants it."""
-        if not self.subs:
-            return
+        if self.subs:
+            entry = self.live_entry(event, matches)
+            if entry is not None:
+                self.enqueue(entry, now)
+
+    def live_entry(
+        self, event: Event, matches: Callable[[Filter, Event], bool] | None = None
+    ) -> Pending | None:
+        """The outbox entry a live event makes here, or None: the same for every session
+        of this one's :attr:`group`, which may all hold the same (never mutated) entry."""
         view = transformed(event, self.principal.scope)
         if view is None:
-            return
+            return None
         # The hub's cached match is only valid for the event as is; a view the scope
         # rewrote is matched on what this token may see, nothing else.
         shared = matches is not None and view.data is None
@@ -340,13 +414,13 @@ class Session:
                 else flt.matches(view.type, view.before, view.after)
             )
         )
-        if subs:
-            self._enqueue(view, subs, replay=False, now=now)
+        return Pending.of(view, subs, False) if subs else None
 
-    def _enqueue(
-        self, view: View, subs: tuple[str, ...], *, replay: bool, now: float | None = None
-    ) -> None:
-        pending = Pending.of(view, subs, replay)
+    def enqueue(self, entry: Pending, now: float | None = None) -> None:
+        """Queue a live entry (from :meth:`live_entry` of this session's group)."""
+        self._enqueue(entry, now=now)
+
+    def _enqueue(self, pending: Pending, *, now: float | None = None) -> None:
         story_id = pending.story_id
         if pending.type == "story.invalid":
             # Sent as is, and it seals what is pending for the story: the client applies
@@ -409,6 +483,7 @@ class Session:
             )
         self.subs.clear()
         self._sub_start.clear()
+        self._regroup()
 
     def resync(self, reason: str, epoch: str, seq: int, *, keep_subs: bool) -> None:
         for sub in list(self.subs):
@@ -418,6 +493,7 @@ class Session:
         if not keep_subs:
             self.subs.clear()
             self._sub_start.clear()
+            self._regroup()
 
     def drain(self, now: float, max_frames: int = 256) -> Drained:
         """Up to ``max_frames`` frames that may be written now, as complete WebSocket
@@ -466,6 +542,10 @@ class Session:
         self._sent(key, item)
         born = item.event.born if item.event is not None and not item.replay else 0.0
         return item.frame(), 0.0, born
+
+
+def _nothing() -> None:
+    pass
 
 
 def _publish_item_problem(item: Any) -> str | None:

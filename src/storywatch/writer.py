@@ -1,0 +1,158 @@
+"""Writes sessions' frames to their sockets: one pass per loop turn over every connection
+that has something to send.
+
+A session calls its writer's :meth:`Writer.schedule` whenever it queues a frame. The
+:class:`Flusher` collects those writers and, once per turn of the event loop, drains each
+one into a single socket write — the frames are complete WebSocket frames, built once per
+event for every connection. An event offered to a thousand connections therefore costs one
+loop callback and one metrics update, not a thousand.
+
+Nothing per connection waits unless it has to: a writer held by its rate limit sets a timer;
+only a connection whose socket buffer is full gets a task, which waits for the buffer to
+drain for at most ``write_timeout_s`` and otherwise closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from storywatch.metrics import Metrics
+from storywatch.session import Session
+
+MAX_FRAMES_PER_PASS = 256  # per connection; the rest waits for the next turn (fairness)
+
+
+class Flusher:
+    def __init__(
+        self,
+        metrics: Metrics,
+        write_timeout_s: float,
+        on_stalled: Callable[[ServerConnection, Session], Coroutine[Any, Any, None]],
+    ) -> None:
+        self.metrics = metrics
+        self.write_timeout_s = write_timeout_s
+        self.on_stalled = on_stalled  # a socket that did not drain in time
+        self._ready: list[Writer] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, connection: ServerConnection, session: Session) -> Writer:
+        writer = Writer(self, connection, session)
+        session.wakeup = writer.schedule
+        writer.schedule()
+        return writer
+
+    def enqueue(self, writer: Writer) -> None:
+        if not self._ready:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._flush)
+        self._ready.append(writer)
+
+    def _flush(self) -> None:
+        ready, self._ready = self._ready, []
+        assert self._loop is not None
+        now = self._loop.time()
+        delivered = 0
+        born: set[float] = set()
+        for writer in ready:
+            writer.queued = False
+            count, first_born = writer.flush(now)
+            if count:
+                delivered += count
+                born.add(first_born)
+        if delivered:
+            # Once per pass, not per connection: a Prometheus update takes a lock.
+            self.metrics.deliveries.inc(delivered)
+            wall = time.time()
+            for created in born:
+                self.metrics.latency.observe(max(0.0, wall - created))
+
+
+class Writer:
+    """One connection's place in the flusher."""
+
+    __slots__ = ("_drainer", "_timer", "closed", "connection", "flusher", "queued", "session")
+
+    def __init__(self, flusher: Flusher, connection: ServerConnection, session: Session) -> None:
+        self.flusher = flusher
+        self.connection = connection
+        self.session = session
+        self.queued = False
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._drainer: asyncio.Task[None] | None = None
+
+    def schedule(self) -> None:
+        if not self.queued and not self.closed:
+            self.queued = True
+            self.flusher.enqueue(self)
+
+    def flush(self, now: float) -> tuple[int, float]:
+        """Write what the session may send now; (live events written, first one's birth)."""
+        if self.closed or self._drainer is not None:
+            return 0, 0.0
+        connection = self.connection
+        if connection.protocol.state is not State.OPEN:
+            self.close()
+            return 0, 0.0
+        if connection.paused:
+            self._wait_for_drain()
+            return 0, 0.0
+        out = self.session.drain(now, MAX_FRAMES_PER_PASS)
+        if out.frames:
+            # No extension is ever negotiated (compression is off), so these bytes are
+            # exactly what websockets would have framed itself.
+            connection.transport.write(b"".join(out.frames))
+        if connection.paused:
+            self._wait_for_drain()
+        elif out.wait > 0:
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(out.wait, self._tick)
+        elif self.session.has_frames():
+            self.schedule()  # more than one pass's worth: other connections go first
+        return out.delivered, out.born
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.schedule()
+
+    def _wait_for_drain(self) -> None:
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            async with asyncio.timeout(self.flusher.write_timeout_s):
+                await self.connection.drain()
+        except TimeoutError:
+            self.close()
+            await self.flusher.on_stalled(self.connection, self.session)
+            return
+        except OSError:  # the connection was lost while its buffer was full
+            self.close()
+            return
+        self._drainer = None
+        self.schedule()
+
+    def close(self) -> None:
+        """The connection is gone: stop writing and drop any timer or waiting task."""
+        if self.closed:
+            return
+        self.closed = True
+        self.session.wakeup = _nothing
+        if self._timer is not None:
+            self._timer.cancel()
+        # The waiting task stays referenced: when it is the one closing, it must not be
+        # collected half way through the close handshake.
+        if self._drainer is not None and self._drainer is not asyncio.current_task():
+            self._drainer.cancel()
+
+
+def _nothing() -> None:
+    pass
