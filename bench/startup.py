@@ -110,10 +110,8 @@ def daemon_round(
             time.sleep(0.005)
         target = proc.pid
         if profile_to is not None:  # signal the daemon, not py-spy; py-spy exits after it
-            import psutil
-
-            kids = psutil.Process(proc.pid).children()
-            target = kids[0].pid if kids else proc.pid
+            kids = _children(proc.pid)
+            target = kids[0] if kids else proc.pid
         cpu = C.cpu_seconds(target)
         rss = C.rss_kb(target)
     finally:
@@ -140,6 +138,15 @@ def daemon_round(
         "daemon_cpu_s_at_ready": cpu,
         "rss_kb_at_ready": rss,
     }
+
+
+def _children(pid: int) -> list[int]:
+    """Child PIDs from /proc (no psutil in the dev venv)."""
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
 
 
 def main() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +23,7 @@ logger = logging.getLogger(__name__)
 class Repo:
     def __init__(self, root: Path, rules: PathRules, *, max_file_bytes: int = 1_048_576) -> None:
         self.root = root
+        self._root = os.fspath(root)
         self.real_root = root.resolve()
         self.rules = rules
         self.max_file_bytes = max_file_bytes
@@ -68,48 +71,65 @@ class Repo:
 
     def read(self, rel: str, folders: dict[str, bool] | None = None) -> ParseResult | None:
         """Parse the file at ``rel``; None when it is gone or not a file we may read."""
-        path = self.root / rel
+        # str paths and os.* calls: the startup scan reads every file, and Path objects,
+        # a separate stat and a buffered open cost more than the read itself.
+        path = os.path.join(self._root, rel)
         try:
-            if not self._inside(path, rel, {} if folders is None else folders):
-                logger.debug(
-                    "ignoring %s: it leads outside the repo or through a linked folder", rel
-                )
+            if not self._plain(path, rel, {} if folders is None else folders):
+                self._ignored(rel)
                 return None
-            st = path.stat()
-            if not _is_regular(st.st_mode):
+            st = os.lstat(path)
+            flags = _OPEN_FLAGS | os.O_NOFOLLOW
+            if stat.S_ISLNK(st.st_mode):
+                if not self._inside(path):
+                    self._ignored(rel)
+                    return None
+                st = os.stat(path)
+                flags = _OPEN_FLAGS
+            # Never opened unless regular: opening a FIFO blocks, a device may act on it.
+            if not stat.S_ISREG(st.st_mode):
                 return None
             if st.st_size > self.max_file_bytes:
-                return ParseError(
-                    "too_large", f"file is {st.st_size} bytes, limit is {self.max_file_bytes}"
-                )
-            with open(path, "rb") as handle:
-                raw = handle.read(self.max_file_bytes + 1)
+                return self._too_large(st.st_size)
+            # O_NOFOLLOW: a link swapped in since the lstat is refused (ELOOP), not followed;
+            # the watcher reports that change and the file is read again.
+            fd = os.open(path, flags)
+            try:
+                st = os.fstat(fd)  # what was opened, which may differ from what was checked
+                if not stat.S_ISREG(st.st_mode):
+                    return None
+                raw = _read_upto(fd, st.st_size, self.max_file_bytes + 1)
+            finally:
+                os.close(fd)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except RuntimeError:  # symlink loop in Path.resolve
-            return None
         except OSError as exc:
-            if exc.errno == 40:  # ELOOP
+            if exc.errno == errno.ELOOP:
                 return None
             return ParseError("unreadable", f"cannot read file: {exc.strerror or exc}")
         return parse_story(rel, raw, max_bytes=self.max_file_bytes)
 
-    def _inside(self, path: Path, rel: str, folders: dict[str, bool]) -> bool:
-        """Whether ``rel`` is a plain path in the repo: no ``..``, no folder reached through a
-        link, and (for a linked file) a target inside the repo. ``folders`` caches the
-        folder check for one batch of reads."""
+    def _plain(self, path: str, rel: str, folders: dict[str, bool]) -> bool:
+        """Whether ``rel`` is a plain path in the repo: no ``..``, no folder reached through
+        a link. ``folders`` caches the folder check for one batch of reads."""
         if rel.startswith("/") or ".." in rel.split("/"):
             return False
         folder = rel.rpartition("/")[0]
         plain = folders.get(folder)
         if plain is None:
-            real_folder = Path(os.path.realpath(path.parent))
+            real_folder = Path(os.path.realpath(os.path.dirname(path)))
             plain = folders[folder] = real_folder == self.real_root / PurePosixPath(folder)
-        if not plain:
-            return False
-        if not path.is_symlink():
-            return True
-        return Path(os.path.realpath(path)).is_relative_to(self.real_root)
+        return plain
+
+    def _inside(self, link: str) -> bool:
+        """Whether a linked file's target is inside the repo."""
+        return Path(os.path.realpath(link)).is_relative_to(self.real_root)
+
+    def _ignored(self, rel: str) -> None:
+        logger.debug("ignoring %s: it leads outside the repo or through a linked folder", rel)
+
+    def _too_large(self, size: int) -> ParseError:
+        return ParseError("too_large", f"file is {size} bytes, limit is {self.max_file_bytes}")
 
     def read_many(self, rels: Iterable[str]) -> dict[str, ParseResult | None]:
         folders: dict[str, bool] = {}
@@ -153,10 +173,25 @@ def _read_ref(git: Path, ref: str) -> str | None:
     return None
 
 
-def _is_regular(mode: int) -> bool:
-    import stat
+# Non-blocking: a FIFO swapped in after the checks must not block the reader.
+_OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
-    return stat.S_ISREG(mode)
+
+def _read_upto(fd: int, size: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the open file whose size was ``size``. The first read asks
+    for all of it (one buffer of the right size, not ``limit``), and one byte more: a file
+    that grew since is read on, in small pieces, until its end or ``limit``."""
+    chunks: list[bytes] = []
+    total = 0
+    want = min(size + 1, limit)
+    while total < limit:
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        want = min(limit - total, 65536)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 # Below this many files, starting worker processes costs more than it saves.
