@@ -629,3 +629,46 @@ def test_records_round_trip_is_transparent(script: list[list[tuple[str, str, Any
         assert restored.broken == index.broken
         assert restored.dupes == index.dupes
         assert apply(restored, files) == apply(index, files)
+
+
+# -- silent apply (a fresh log's startup scan) -------------------------------------------------
+
+
+def _state(index: Index) -> tuple[dict[str, Any], ...]:
+    return (index.stories, index.owner, index.claims, index.broken, index.dupes)
+
+
+def test_silent_startup_scan_builds_the_same_index() -> None:
+    files = {
+        "z/x.md": story_text("A", title="z"),
+        "b.md": story_text("A", title="b"),
+        "c.md": story_text("B"),
+        "broken.md": BROKEN,
+        "no-id.md": NO_ID,
+        "readme.md": NO_FRONT_MATTER,
+    }
+    loud, quiet = Index(), Index()
+    changes = {path: parse(path, text) for path, text in files.items()}
+    assert types(loud.apply(changes)) == ["story.created", "story.invalid", "story.created"]
+    assert quiet.apply(changes, emit=False) == []
+    assert _state(quiet) == _state(loud)
+    assert quiet.records(files) == loud.records(files)
+    assert list(quiet.problems()) == list(loud.problems())
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+@given(batches, st.lists(st.booleans(), min_size=8, max_size=8))
+def test_silent_apply_changes_the_state_like_the_emitting_one(
+    script: list[list[tuple[str, str, Any]]], silent: list[bool]
+) -> None:
+    """Any mix of silent and emitting batches leaves the index as emitting ones do."""
+    loud, mixed = Index(), Index()
+    disk: dict[str, str] = {}
+    for batch, quiet in zip(script, silent, strict=False):
+        files = _run_batch(disk, batch)
+        changes = {path: parse(path, text) for path, text in files.items()}
+        drafts = loud.apply(changes)
+        assert mixed.apply(changes, emit=not quiet) == ([] if quiet else drafts)
+        assert _state(mixed) == _state(loud)

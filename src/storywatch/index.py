@@ -104,8 +104,11 @@ class Index:
                 )
         return index
 
-    def apply(self, changes: Changes) -> list[Draft]:
-        """Take the new state of the changed paths; return the resulting events."""
+    def apply(self, changes: Changes, *, emit: bool = True) -> list[Draft]:
+        """Take the new state of the changed paths; return the resulting events.
+
+        With ``emit=False`` the state is the same but no event is described (none is
+        returned): a silent startup scan would throw away one diff per story."""
         affected: set[str] = set()
         valid: dict[str, Story] = {}
         for path, result in changes.items():
@@ -130,7 +133,7 @@ class Index:
         for story_id in sorted(affected):
             claimants = claimed.get(story_id, [])
             drafts.extend(
-                self._settle_id(story_id, changes, valid, was_dupe, was_broken, claimants)
+                self._settle_id(story_id, changes, valid, was_dupe, was_broken, claimants, emit)
             )
         return drafts
 
@@ -144,7 +147,9 @@ class Index:
         was_dupe: dict[str, str],
         was_broken: dict[str, ParseError],
         claimants: list[str],
+        emit: bool,
     ) -> Iterator[Draft]:
+        # Every state change happens whether or not ``emit``; only the drafts are skipped.
         old = self.stories.get(story_id)
         old_owner = self.owner.get(story_id)
 
@@ -158,7 +163,7 @@ class Index:
                 owner = old_owner
                 self.claims[owner] = story_id
                 self.broken[owner] = result
-                if was_broken.get(owner) != result:
+                if emit and was_broken.get(owner) != result:
                     yield _invalid(old, owner, result)
             elif isinstance(result, Story) and result.id == story_id:
                 owner = old_owner
@@ -171,7 +176,7 @@ class Index:
         if owner is None:
             self.owner.pop(story_id, None)
             self.stories.pop(story_id, None)
-            if old is not None:
+            if emit and old is not None:
                 yield _deleted(old)
             return
 
@@ -180,7 +185,7 @@ class Index:
         if new is not None:  # the owner has a new good state
             self.claims[owner] = story_id
             self.stories[story_id] = new
-            draft = diff_story(old, new)
+            draft = diff_story(old, new) if emit else None
             if draft is not None:
                 yield draft
 
@@ -190,7 +195,7 @@ class Index:
             story = valid.get(path) or self.dupes[path]
             self.claims[path] = story_id
             self.dupes[path] = story
-            if path in valid and was_dupe.get(path) != story_id:
+            if emit and path in valid and was_dupe.get(path) != story_id:
                 yield _invalid(self.stories[story_id], path, _duplicate_error(story_id, owner))
 
 

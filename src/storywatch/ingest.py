@@ -66,9 +66,7 @@ class Ingest:
             if isinstance(result, ParseError) and result.has_front_matter:
                 self.on_parse_error(result.reason)
         async with self.lock:
-            drafts = self.index.apply(changes)
-            if not emit:
-                drafts = []
+            drafts = self.index.apply(changes, emit=emit)
             # The batch's source learns its size here; held deletes share the same dict.
             if source.get("kind") == "fs" and "batch_size" not in source:
                 source["batch_size"] = len(drafts) + expected_later
