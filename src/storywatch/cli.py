@@ -15,6 +15,7 @@ from typing import Any
 from storywatch import __version__
 from storywatch.config import Settings, load_settings, reload_tokens
 from storywatch.errors import ConfigError, StateError, StorywatchError
+from storywatch.gcpace import GcPacer, freeze_startup
 from storywatch.logs import setup_logging
 
 logger = logging.getLogger("storywatch.cli")
@@ -148,8 +149,12 @@ async def _daemon(settings: Settings, command: str) -> int:
             print(f"storywatch: board at {base}/#token={generated.token}", flush=True)
         else:
             print(f"storywatch: listening on {base} (ws at /ws)", flush=True)
+    # The process is the daemon's alone (not a test's): garbage collection is paced here.
+    freeze_startup()
+    pacer = asyncio.create_task(GcPacer(lambda: app.hub.last_publish).run())
     await stop.wait()
     logger.info("shutting down")
+    pacer.cancel()
     await app.stop()
     return EXIT_OK
 

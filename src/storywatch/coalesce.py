@@ -9,7 +9,7 @@ When a connection is over its outbound budget, pending events of one story merge
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from storywatch.events import Event, Json, text_frame
 from storywatch.filters import Scope
@@ -78,6 +78,8 @@ class Pending:
     replay: bool
     before: Json | None  # the story before the first event merged into this entry
     count: int = 1
+    # The finished frame, once built: a live entry is shared by every session of a group.
+    built: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, item: Event | View, subs: tuple[str, ...], replay: bool) -> Pending:
@@ -101,9 +103,12 @@ class Pending:
 
     def frame_bytes(self) -> bytes:
         """The complete WebSocket frame (shared by every connection for a plain event)."""
-        if self.event is not None:
-            return self.event.frame_bytes(self.subs, replay=self.replay)
-        return text_frame(self.frame().encode())
+        if self.built is None:
+            if self.event is not None:
+                self.built = self.event.frame_bytes(self.subs, replay=self.replay)
+            else:
+                self.built = text_frame(self.frame().encode())
+        return self.built
 
     def frame(self) -> str:
         if self.event is not None:

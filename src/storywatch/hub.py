@@ -33,6 +33,7 @@ class Hub:
         self.sessions: set[Session] = set()
         self.listeners: list[Callable[[list[Event]], None]] = []
         self.counts: dict[str, int] = {}
+        self.last_publish = clock()  # on ``clock``; the GC pacer waits for quiet moments
 
     @property
     def epoch(self) -> str:
@@ -55,7 +56,7 @@ class Hub:
         return self.buffer.after(epoch, since_seq)
 
     def publish(self, events: list[Event]) -> None:
-        now = self.clock()
+        now = self.last_publish = self.clock()
         for event in events:
             self._apply(event)
             self.buffer.add(event)
