@@ -80,6 +80,18 @@ class Pending:
     count: int = 1
     # The finished frame, once built: a live entry is shared by every session of a group.
     built: bytes | None = field(default=None, repr=False, compare=False)
+    # Read from ``data`` once, not by every session that queues or sends the entry.
+    seq: int = field(init=False, repr=False, compare=False)
+    type: str = field(init=False, repr=False, compare=False)
+    story_id: str = field(init=False, repr=False, compare=False)
+    live: bool = field(init=False, repr=False, compare=False)  # counts as a delivery
+
+    def __post_init__(self) -> None:
+        data = self.data
+        self.seq = int(data["seq"])
+        self.type = str(data["type"])
+        self.story_id = str(data["story_id"])
+        self.live = self.event is not None and not self.replay
 
     @classmethod
     def of(cls, item: Event | View, subs: tuple[str, ...], replay: bool) -> Pending:
@@ -88,18 +100,6 @@ class Pending:
         if item.data is None:
             return cls(item.event, item.event.data, subs, replay, item.before)
         return cls(None, item.data, subs, replay, item.before)
-
-    @property
-    def seq(self) -> int:
-        return int(self.data["seq"])
-
-    @property
-    def type(self) -> str:
-        return str(self.data["type"])
-
-    @property
-    def story_id(self) -> str:
-        return str(self.data["story_id"])
 
     def frame_bytes(self) -> bytes:
         """The complete WebSocket frame (shared by every connection for a plain event)."""

@@ -112,7 +112,6 @@ _GROUPS: weakref.WeakValueDictionary[tuple[Any, ...], Group] = weakref.WeakValue
 class Session:
     __slots__ = (
         "_abuse",
-        "_group",
         "_inbound",
         "_keys",
         "_mergeable",
@@ -121,6 +120,7 @@ class Session:
         "_principal",
         "_sub_start",
         "_urgent",
+        "group",
         "id",
         "limits",
         "on_coalesced",
@@ -142,7 +142,8 @@ class Session:
         self._principal = principal
         self.limits = limits
         self.subs: dict[str, Filter] = {}
-        self._group: Group | None = None  # None while nothing is subscribed
+        # The fan-out group (read by the hub); None while nothing is subscribed.
+        self.group: Group | None = None
         # Frames in send order: control frames (str) and events (Pending), unique keys.
         self.outbox: OrderedDict[int, str | Pending] = OrderedDict()
         # The newest pending entry of each story: the one a later event may merge into.
@@ -170,13 +171,8 @@ class Session:
         self._principal = principal  # a token reloaded with other epics: another view
         self._regroup()
 
-    @property
-    def group(self) -> Group | None:
-        """The fan-out group; None when no subscription wants anything."""
-        return self._group
-
     def _regroup(self) -> None:
-        self._group = Group.of(self._principal.scope, self.subs) if self.subs else None
+        self.group = Group.of(self._principal.scope, self.subs) if self.subs else None
 
     # -- client → server ------------------------------------------------------------------
 
@@ -283,7 +279,7 @@ class Session:
         for view in matching:
             if sub not in self.subs:  # an overflow ended the subscription mid-replay
                 break
-            self._enqueue(Pending.of(view, (sub,), True))
+            self.enqueue(Pending.of(view, (sub,), True))
 
     def _replay_view(
         self, event: Event, flt: Filter, others: Sequence[tuple[int, Filter]]
@@ -416,11 +412,9 @@ class Session:
         )
         return Pending.of(view, subs, False) if subs else None
 
-    def enqueue(self, entry: Pending, now: float | None = None) -> None:
-        """Queue a live entry (from :meth:`live_entry` of this session's group)."""
-        self._enqueue(entry, now=now)
-
-    def _enqueue(self, pending: Pending, *, now: float | None = None) -> None:
+    def enqueue(self, pending: Pending, now: float | None = None) -> None:
+        """Queue an entry: a live one from :meth:`live_entry` of this session's group, or a
+        replayed one."""
         story_id = pending.story_id
         if pending.type == "story.invalid":
             # Sent as is, and it seals what is pending for the story: the client applies
@@ -499,25 +493,33 @@ class Session:
         """Up to ``max_frames`` frames that may be written now, as complete WebSocket
         text frames."""
         out = Drained()
+        frames = out.frames
         if self._urgent:
-            out.frames.extend(text_frame(frame.encode()) for frame in self._urgent)
+            frames.extend(text_frame(frame.encode()) for frame in self._urgent)
             self._urgent.clear()
-        while self.outbox and len(out.frames) < max_frames:
-            key, item = next(iter(self.outbox.items()))
+        outbox = self.outbox
+        tokens = self._outbound.available(now)  # counted here, taken once at the end
+        sent = 0
+        while outbox and len(frames) < max_frames:
+            key = next(iter(outbox))
+            item = outbox[key]
             if isinstance(item, str):
-                del self.outbox[key]
-                out.frames.append(text_frame(item.encode()))
+                del outbox[key]
+                frames.append(text_frame(item.encode()))
                 continue
-            if not self._outbound.take(now):
+            if sent + 1 > tokens:
                 # Wake up for a handful of tokens at once, not for every single one.
                 batch = min(self._pending_events, RATE_BATCH)
-                out.wait = self._outbound.wait_time(now, batch)
+                out.wait = self._outbound.wait_time(now, sent + batch)
                 break
+            sent += 1
             self._sent(key, item)
-            out.frames.append(item.frame_bytes())
-            if item.event is not None and not item.replay:
+            frames.append(item.frame_bytes())
+            if item.live:
                 out.delivered += 1
-                out.born = out.born or item.event.born
+                out.born = out.born or item.event.born  # type: ignore[union-attr]
+        if sent:
+            self._outbound.take(now, sent)
         return out
 
     def _sent(self, key: int, item: Pending) -> None:

@@ -26,6 +26,7 @@ from storywatch.metrics import Metrics
 from storywatch.session import Session
 
 MAX_FRAMES_PER_PASS = 256  # per connection; the rest waits for the next turn (fairness)
+_OPEN = State.OPEN  # looked up once: an enum member access is not free, per connection
 
 
 class Flusher:
@@ -98,17 +99,18 @@ class Writer:
         if self.closed or self._drainer is not None:
             return 0, 0.0
         connection = self.connection
-        if connection.protocol.state is not State.OPEN:
+        if connection.protocol.state is not _OPEN:
             self.close()
             return 0, 0.0
         if connection.paused:
             self._wait_for_drain()
             return 0, 0.0
         out = self.session.drain(now, MAX_FRAMES_PER_PASS)
-        if out.frames:
+        frames = out.frames
+        if frames:
             # No extension is ever negotiated (compression is off), so these bytes are
             # exactly what websockets would have framed itself.
-            connection.transport.write(b"".join(out.frames))
+            connection.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if connection.paused:
             self._wait_for_drain()
         elif out.wait > 0:
