@@ -151,7 +151,9 @@ async def _daemon(settings: Settings, command: str) -> int:
             print(f"storywatch: listening on {base} (ws at /ws)", flush=True)
     # The process is the daemon's alone (not a test's): garbage collection is paced here.
     freeze_startup()
-    pacer = asyncio.create_task(GcPacer(lambda: app.hub.last_publish).run())
+    server = app.server
+    busy = (lambda: server.last_activity) if server else (lambda: app.hub.last_publish)
+    pacer = asyncio.create_task(GcPacer(busy).run())
     await stop.wait()
     logger.info("shutting down")
     pacer.cancel()

@@ -142,6 +142,11 @@ class StoryServer:
             await self._server.wait_closed()
 
     @property
+    def last_activity(self) -> float:
+        """When an event was last published or written to a client (monotonic clock)."""
+        return max(self.hub.last_publish, self._flusher.last_pass)
+
+    @property
     def connection_count(self) -> int:
         return len(self._sessions)
 

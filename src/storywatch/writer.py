@@ -41,6 +41,7 @@ class Flusher:
         self.on_stalled = on_stalled  # a socket that did not drain in time
         self._ready: list[Writer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.last_pass = 0.0  # loop time of the last pass that wrote something
 
     def attach(self, connection: ServerConnection, session: Session) -> Writer:
         writer = Writer(self, connection, session)
@@ -68,6 +69,7 @@ class Flusher:
                 delivered += count
                 born.add(first_born)
         if delivered:
+            self.last_pass = now
             # Once per pass, not per connection: a Prometheus update takes a lock.
             self.metrics.deliveries.inc(delivered)
             wall = time.time()
