@@ -142,8 +142,35 @@ def test_parse_tree_in_workers_matches_reading_one_by_one(
     repo = Repo(root, PathRules())
     rels = [*repo.walk(), "gone.md"]
     serial = {rel: repo.read(rel) for rel in rels}
-    monkeypatch.setattr(repo_module, "PARALLEL_FROM", 1)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    parallel = parse_tree(repo, rels)
+    progress: list[int] = []
+    # Straight to the pool: parse_tree would fall back to reading here if it failed.
+    parallel = repo_module._parse_parallel(repo, rels, 2, progress.append)
     assert list(parallel) == rels
     assert parallel == serial
+    for rel, result in serial.items():  # field order too: it is the order events show
+        if isinstance(result, Story):
+            other = parallel[rel]
+            assert isinstance(other, Story) and list(other.fields) == list(result.fields)
+    assert progress[-1] == len(rels)
+    monkeypatch.setattr(repo_module, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert parse_tree(repo, rels) == serial
+
+
+def test_walk_says_once_when_the_tree_is_big(
+    tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = tree
+    for i in range(5):
+        (root / f"s{i}.md").write_text(story_text(f"S{i}"))
+    calls: list[int] = []
+    repo = Repo(root, PathRules())
+    monkeypatch.setattr(repo_module, "PARALLEL_FROM", 3)
+    assert len(repo.walk(when_big=lambda: calls.append(1))) == 6
+    assert calls == [1]
+    monkeypatch.setattr(repo_module, "PARALLEL_FROM", 7)
+    repo.walk(when_big=lambda: calls.append(2))
+    assert calls == [1]
+    repo_module.start_workers()  # idempotent, and the pool still works after it
+    repo_module.start_workers()
+    assert repo_module._parse_parallel(repo, ["s0.md"], 2, None)["s0.md"] == repo.read("s0.md")

@@ -31,7 +31,7 @@ from storywatch.ingest import Ingest
 from storywatch.log import EventLog, LogState, ReplayBuffer, open_log
 from storywatch.metrics import Metrics
 from storywatch.paths import PathRules
-from storywatch.repo import Repo, parse_tree
+from storywatch.repo import Repo, parse_tree, start_workers
 from storywatch.server import StoryServer, events_counter
 from storywatch.watcher import Watcher
 
@@ -178,7 +178,9 @@ class App:
         self._watch_task = asyncio.create_task(self.watcher.run())
         self._watch_task.add_done_callback(_log_crash("watcher"))
         await self.watcher.running.wait()
-        rels = sorted(set(await asyncio.to_thread(repo.walk)) | set(self.ingest.index.paths()))
+        # A big tree is parsed in worker processes: they get ready while the walk goes on.
+        walked = await asyncio.to_thread(repo.walk, when_big=start_workers)
+        rels = sorted(set(walked) | set(self.ingest.index.paths()))
         results = await asyncio.to_thread(parse_tree, repo, rels)
         # With no earlier state there is nothing to tell: index silently (a shared backend
         # gets the whole index). Otherwise what changed while nobody watched is emitted.

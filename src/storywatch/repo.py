@@ -6,11 +6,13 @@ import contextlib
 import errno
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import forkserver
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
@@ -40,8 +42,9 @@ class Repo:
         text = rel.as_posix()
         return None if text == "." else text
 
-    def walk(self, under: str = "") -> list[str]:
-        """Every wanted file below ``under`` (a relative folder; "" = the root), sorted."""
+    def walk(self, under: str = "", *, when_big: Callable[[], None] | None = None) -> list[str]:
+        """Every wanted file below ``under`` (a relative folder; "" = the root), sorted.
+        ``when_big`` is called once the walk has found PARALLEL_FROM files."""
         found: list[str] = []
         start = self.root / under if under else self.root
         stack = [(start, under)]
@@ -60,6 +63,8 @@ class Repo:
                             stack.append((Path(entry.path), rel))
                     elif self.rules.wanted(rel):
                         found.append(rel)
+                        if when_big is not None and len(found) == PARALLEL_FROM:
+                            when_big()
                 except OSError:
                     continue
         found.sort()
@@ -216,6 +221,25 @@ def parse_tree(
     return results
 
 
+def start_workers() -> None:
+    """Start the process that forks the parse workers, with the parse code imported, so
+    that it gets ready while the caller is still walking the tree (idempotent)."""
+    context = _pool_context()
+    if context.get_start_method() == "forkserver":
+        with contextlib.suppress(OSError):
+            forkserver.ensure_running()
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # Not fork: forking a process that may hold threads can deadlock (and warns from 3.12).
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    # Workers are forked from a server that imported this module once, rather than each
+    # importing it (YAML, python-frontmatter: ~0.1 s) before its first file.
+    forkserver.set_forkserver_preload([__name__])
+    return multiprocessing.get_context("forkserver")
+
+
 def _parse_parallel(
     repo: Repo,
     paths: Sequence[str],
@@ -225,10 +249,7 @@ def _parse_parallel(
     size = max(100, len(paths) // (workers * 8))
     chunks = [list(paths[i : i + size]) for i in range(0, len(paths), size)]
     results: dict[str, ParseResult | None] = {}
-    # Not fork: forking a process that may hold threads can deadlock (and warns from 3.12).
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
         futures = [
             pool.submit(_parse_chunk, str(repo.root), repo.rules, repo.max_file_bytes, chunk)
             for chunk in chunks
