@@ -138,6 +138,7 @@ def test_parse_tree_in_workers_matches_reading_one_by_one(
         (root / "epic" / f"s{i:02d}.md").write_text(story_text(f"S{i}", f"body {i}\n"))
     (root / "broken.md").write_text("---\nid: [unclosed\n---\n")
     (root / "readme.md").write_text("no front-matter\n")
+    (root / "odd.md").write_text(ODD)
     (root / "out.md").symlink_to(outside / "secret.md")
     repo = Repo(root, PathRules())
     rels = [*repo.walk(), "gone.md"]
@@ -155,6 +156,37 @@ def test_parse_tree_in_workers_matches_reading_one_by_one(
     monkeypatch.setattr(repo_module, "PARALLEL_FROM", 1)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert parse_tree(repo, rels) == serial
+
+
+ODD = """---
+id: 42
+big: 123456789012345678901234567890
+ratio: 0.5
+inf: .inf
+yes: true
+none: null
+when: 2024-01-02
+nested: {b: [1, {c: d}], a: []}
+set: !!set {x, y}
+"unicode ✓": "été"
+---
+body ✓
+"""
+
+
+def test_results_cross_processes_unchanged() -> None:
+    results = [
+        ("odd.md", parse_story("odd.md", ODD.encode())),
+        ("broken.md", parse_story("broken.md", b"---\nid: [x\n---\n")),
+        ("no-line.md", ParseError("unreadable", "cannot read file", None)),
+        ("readme.md", parse_story("readme.md", b"# no front-matter\n")),
+        ("gone.md", None),
+    ]
+    assert isinstance(results[0][1], Story) and isinstance(results[3][1], ParseError)
+    decoded = list(repo_module._decode(repo_module._encode(results)))
+    assert decoded == results
+    story = decoded[0][1]
+    assert isinstance(story, Story) and list(story.fields) == list(results[0][1].fields)
 
 
 def test_walk_says_once_when_the_tree_is_big(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import marshal
 import multiprocessing
 import multiprocessing.context
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import forkserver
@@ -17,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 from storywatch.paths import PathRules
-from storywatch.story import ParseError, ParseResult, parse_story
+from storywatch.story import ParseError, ParseResult, Story, parse_story
 
 logger = logging.getLogger(__name__)
 
@@ -255,15 +256,41 @@ def _parse_parallel(
             for chunk in chunks
         ]
         for future in as_completed(futures):
-            results.update(future.result())
+            results.update(_decode(future.result()))
             if on_progress is not None:
                 on_progress(len(results))
     return {rel: results[rel] for rel in paths}
 
 
-def _parse_chunk(
-    root: str, rules: PathRules, max_file_bytes: int, paths: list[str]
-) -> list[tuple[str, ParseResult | None]]:
+def _parse_chunk(root: str, rules: PathRules, max_file_bytes: int, paths: list[str]) -> bytes:
     repo = Repo(Path(root), rules, max_file_bytes=max_file_bytes)
     folders: dict[str, bool] = {}
-    return [(rel, repo.read(rel, folders)) for rel in paths]
+    return _encode([(rel, repo.read(rel, folders)) for rel in paths])
+
+
+# Results go back to the parent as marshal data, not pickled dataclasses: they are plain
+# JSON-safe values, which marshal writes ~3x and reads ~1.5x faster than pickle handles
+# the dataclasses (pickle goes through dataclasses.fields() per object). Both ends are
+# this code, in processes of the same interpreter: marshal's format is theirs to share.
+def _encode(results: list[tuple[str, ParseResult | None]]) -> bytes:
+    return marshal.dumps([(rel, *_plain(result)) for rel, result in results])
+
+
+def _plain(result: ParseResult | None) -> tuple[Any, ...]:
+    if isinstance(result, Story):
+        return ("story", result.id, result.fields, result.body)
+    if isinstance(result, ParseError):
+        return ("error", result.reason, result.message, result.line, result.has_front_matter)
+    return (None,)
+
+
+def _decode(data: bytes) -> Iterator[tuple[str, ParseResult | None]]:
+    for rel, kind, *rest in marshal.loads(data):
+        if kind == "story":
+            story_id, fields, body = rest
+            yield rel, Story(id=story_id, path=rel, fields=fields, body=body)
+        elif kind == "error":
+            reason, message, line, has_front_matter = rest
+            yield rel, ParseError(reason, message, line, has_front_matter=has_front_matter)
+        else:
+            yield rel, None
