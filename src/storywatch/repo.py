@@ -209,7 +209,7 @@ def parse_tree(
 ) -> dict[str, ParseResult | None]:
     """Read and parse many files: in worker processes for big trees (YAML parsing is
     CPU-bound and holds the GIL), else here."""
-    workers = min(os.cpu_count() or 1, 8)
+    workers = _worker_count()
     if len(paths) >= PARALLEL_FROM and workers > 1:
         with contextlib.suppress(OSError, BrokenProcessPool):
             return _parse_parallel(repo, paths, workers, on_progress)
@@ -225,10 +225,13 @@ def parse_tree(
 def start_workers() -> None:
     """Start the process that forks the parse workers, with the parse code imported, so
     that it gets ready while the caller is still walking the tree (idempotent)."""
-    context = _pool_context()
-    if context.get_start_method() == "forkserver":
+    if _worker_count() > 1 and _pool_context().get_start_method() == "forkserver":
         with contextlib.suppress(OSError):
             forkserver.ensure_running()
+
+
+def _worker_count() -> int:
+    return min(os.cpu_count() or 1, 8)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
