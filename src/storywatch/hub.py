@@ -34,7 +34,6 @@ class Hub:
         self.listeners: list[Callable[[list[Event]], None]] = []
         self.counts: dict[str, int] = {}
         self.last_publish = clock()  # on ``clock``; the GC pacer waits for quiet moments
-        self.single = False  # True while one event alone is being offered
 
     @property
     def epoch(self) -> str:
@@ -58,17 +57,6 @@ class Hub:
 
     def publish(self, events: list[Event]) -> None:
         now = self.last_publish = self.clock()
-        # One event alone (a saved file, one publish item) is worth writing to each client
-        # the moment it is queued; a batch is written once it is all queued.
-        self.single = len(events) == 1
-        try:
-            self._offer(events, now)
-        finally:
-            self.single = False
-        for listener in self.listeners:
-            listener(events)
-
-    def _offer(self, events: list[Event], now: float) -> None:
         for event in events:
             self._apply(event)
             self.buffer.add(event)
@@ -92,6 +80,8 @@ class Hub:
                     entry = entries[group] = session.live_entry(event, matches)
                 if entry is not None:
                     session.enqueue(entry, now)
+        for listener in self.listeners:
+            listener(events)
 
     def load(self, epoch: str, seq: int, recent: list[Event], stories: dict[str, Json]) -> None:
         """The state the log had when it opened (before any session exists)."""

@@ -94,9 +94,7 @@ class StoryServer:
         self._ids = itertools.count(1)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Future[None]] = set()
-        self._flusher = Flusher(
-            metrics, settings.limits.write_timeout_s, self._stalled, direct=lambda: hub.single
-        )
+        self._flusher = Flusher(metrics, settings.limits.write_timeout_s, self._stalled)
 
     # -- lifecycle ------------------------------------------------------------------------
 

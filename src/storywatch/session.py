@@ -414,12 +414,7 @@ class Session:
 
     def enqueue(self, pending: Pending, now: float | None = None) -> None:
         """Queue an entry: a live one from :meth:`live_entry` of this session's group, or a
-        replayed one. The writer is woken once the outbox is consistent again: it may
-        write at once."""
-        self._queue(pending, now)
-        self.wakeup()
-
-    def _queue(self, pending: Pending, now: float | None) -> None:
+        replayed one."""
         story_id = pending.story_id
         if pending.type == "story.invalid":
             # Sent as is, and it seals what is pending for the story: the client applies
@@ -460,6 +455,7 @@ class Session:
         key = next(self._keys)
         self.outbox[key] = pending
         self._pending_events += 1
+        self.wakeup()
         return key
 
     def _over_budget(self, now: float | None) -> bool:

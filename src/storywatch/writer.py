@@ -35,20 +35,13 @@ class Flusher:
         metrics: Metrics,
         write_timeout_s: float,
         on_stalled: Callable[[ServerConnection, Session], Coroutine[Any, Any, None]],
-        direct: Callable[[], bool] = lambda: False,
     ) -> None:
         self.metrics = metrics
-        # True while writing at once beats batching (the hub offers one event alone): each
-        # connection is written as its frame is queued, while its objects are still in cache,
-        # and the first client does not wait for the last one to be queued.
-        self.direct = direct
         self.write_timeout_s = write_timeout_s
         self.on_stalled = on_stalled  # a socket that did not drain in time
         self._ready: list[Writer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last_pass = 0.0  # loop time of the last pass that wrote something
-        self._direct_delivered = 0
-        self._direct_born: set[float] = set()
 
     def attach(self, connection: ServerConnection, session: Session) -> Writer:
         writer = Writer(self, connection, session)
@@ -58,26 +51,15 @@ class Flusher:
 
     def enqueue(self, writer: Writer) -> None:
         if not self._ready:
-            self._get_loop().call_soon(self._flush)
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._flush)
         self._ready.append(writer)
-
-    def write_now(self, writer: Writer) -> None:
-        """Write this connection's frames within the current callback."""
-        count, born = writer.flush(self._get_loop().time())
-        if count:
-            if not self._direct_delivered:
-                self._get_loop().call_soon(self._report_direct)
-            self._direct_delivered += count
-            self._direct_born.add(born)
-
-    def _get_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
 
     def _flush(self) -> None:
         ready, self._ready = self._ready, []
-        now = self._get_loop().time()
+        assert self._loop is not None
+        now = self._loop.time()
         delivered = 0
         born: set[float] = set()
         for writer in ready:
@@ -86,16 +68,8 @@ class Flusher:
             if count:
                 delivered += count
                 born.add(first_born)
-        self._report(delivered, born)
-
-    def _report_direct(self) -> None:
-        delivered, self._direct_delivered = self._direct_delivered, 0
-        born, self._direct_born = self._direct_born, set()
-        self._report(delivered, born)
-
-    def _report(self, delivered: int, born: set[float]) -> None:
         if delivered:
-            self.last_pass = self._get_loop().time()
+            self.last_pass = now
             # Once per pass, not per connection: a Prometheus update takes a lock.
             self.metrics.deliveries.inc(delivered)
             wall = time.time()
@@ -118,14 +92,6 @@ class Writer:
         self._drainer: asyncio.Task[None] | None = None
 
     def schedule(self) -> None:
-        if self.queued or self.closed:
-            return
-        if self.flusher.direct():
-            self.flusher.write_now(self)
-        else:
-            self._queue()
-
-    def _queue(self) -> None:
         if not self.queued and not self.closed:
             self.queued = True
             self.flusher.enqueue(self)
@@ -153,12 +119,12 @@ class Writer:
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(out.wait, self._tick)
         elif len(frames) >= MAX_FRAMES_PER_PASS and self.session.has_frames():
-            self._queue()  # more than one pass's worth: other connections go first
+            self.schedule()  # more than one pass's worth: other connections go first
         return out.delivered, out.born
 
     def _tick(self) -> None:
         self._timer = None
-        self._queue()
+        self.schedule()
 
     def _wait_for_drain(self) -> None:
         if self._drainer is None:
@@ -176,7 +142,7 @@ class Writer:
             self.close()
             return
         self._drainer = None
-        self._queue()
+        self.schedule()
 
     def close(self) -> None:
         """The connection is gone: stop writing and drop any timer or waiting task."""
