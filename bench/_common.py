@@ -5,7 +5,8 @@ Every bench script starts the real daemon (``python -m storywatch run REPO --bac
 be read from ``/proc/<pid>`` without the load generator or the baseline in the same process.
 The baselines run from this file as subprocesses too:
 
-    python bench/_common.py refserver [--compression]   # minimal websockets.broadcast server
+    python bench/_common.py refserver [--compression] [--watch DIR --step MS --debounce MS]
+                                          # minimal websockets.broadcast server (+ awatch)
     python bench/_common.py awatch DIR --step MS --debounce MS   # bare watchfiles loop
     python bench/_common.py rawparse DIR                 # read + CSafeLoader parse of *.md
     python bench/_common.py rawhold DIR                  # rawparse, then hold the dicts (RSS)
@@ -362,10 +363,20 @@ def daemon(
     return Server(name, args, logdir, env=env)
 
 
-def refserver(logdir: Path, *, compression: bool = False, name: str = "reference") -> Server:
+def refserver(
+    logdir: Path,
+    *,
+    compression: bool = False,
+    name: str = "reference",
+    watch: Path | None = None,
+    step: int = 50,
+    debounce: int = 500,
+) -> Server:
     args = [sys.executable, str(BENCH / "_common.py"), "refserver"]
     if compression:
         args.append("--compression")
+    if watch is not None:
+        args += ["--watch", str(watch), "--step", str(step), "--debounce", str(debounce)]
     return Server(name, args, logdir)
 
 
@@ -662,6 +673,11 @@ def _refserver_main(args: argparse.Namespace) -> None:
     It speaks just enough of the protocol for the load client (welcome, subscribed,
     published) and turns each ``publish`` item into an event frame encoded once and
     pushed to every subscriber with ``websockets.broadcast``.
+
+    With ``--watch DIR`` it is also the least a watching server could be: a bare
+    ``awatch`` loop (``--step``/``--debounce``) whose every changed ``.md`` file is read,
+    its front-matter parsed (CSafeLoader) and broadcast the same way — the floor of
+    "file saved → event at N clients" on this machine, for ``latency.py``.
     """
     from websockets.asyncio.server import broadcast, serve
     from websockets.typing import Subprotocol
@@ -744,11 +760,33 @@ def _refserver_main(args: argparse.Namespace) -> None:
         finally:
             subscribers.discard(ws)
 
+    async def watch(stop: asyncio.Event) -> None:
+        import yaml
+        from watchfiles import awatch
+
+        async for changes in awatch(
+            args.watch, step=args.step, debounce=args.debounce, stop_event=stop
+        ):
+            for _change, path in changes:
+                if not path.endswith(".md") or not os.path.isfile(path):
+                    continue
+                with open(path, encoding="utf-8") as handle:
+                    front = _split_front(handle.read())
+                story = yaml.load(front or "", Loader=yaml.CSafeLoader)
+                if isinstance(story, dict) and "id" in story:
+                    event = event_for(story)
+                    frame = json.dumps(
+                        event, ensure_ascii=False, separators=(",", ":"), default=str
+                    )
+                    broadcast(subscribers, frame)
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        watching = asyncio.ensure_future(watch(stop)) if args.watch else None
+        await asyncio.sleep(0.2 if watching else 0)  # the watches are in place
         async with serve(
             handler,
             "127.0.0.1",
@@ -760,6 +798,8 @@ def _refserver_main(args: argparse.Namespace) -> None:
             port = server.sockets[0].getsockname()[1]
             print(f"reference: listening on http://127.0.0.1:{port}", flush=True)
             await stop.wait()
+        if watching is not None:
+            await watching
 
     asyncio.run(main())
 
@@ -852,6 +892,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ref = sub.add_parser("refserver")
     ref.add_argument("--port", type=int, default=0)
     ref.add_argument("--compression", action="store_true")
+    ref.add_argument("--watch", help="also broadcast every .md file saved below this folder")
+    ref.add_argument("--step", type=int, default=50)
+    ref.add_argument("--debounce", type=int, default=500)
     aw = sub.add_parser("awatch")
     aw.add_argument("dir")
     aw.add_argument("--step", type=int, default=50)

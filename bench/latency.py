@@ -6,14 +6,18 @@ subscribe with `{}`, and the script saves `ui/UI-005-dark-mode.md` (plain write,
 a `bench_k` counter changed) `--saves` times, spaced apart. Beside it, in the same run, a bare
 `watchfiles.awatch` loop (`python bench/_common.py awatch`, the same `step` and `debounce`
 as the daemon's watcher) watches its own copy of the fixtures, and the same save is made
-there; its save → yield time is the floor. Saves alternate between the two (one each, in
-turn), so both see the same machine.
+there; its save → yield time is the floor. A third system shows what the fan-out alone
+costs on this machine: the bare `websockets.broadcast` server of `fanout.py` with its own
+`awatch` loop (`refserver --watch`, same step and debounce; it reads and parses the saved
+file and broadcasts it, nothing else) and its own N clients. Saves rotate between the three
+(one each, in turn), so all see the same machine.
 
 Times: the save time is `time.time()` right after the file is closed; the client's receive
 time is the Node driver's wall clock, corrected by its measured offset to this process's
 clock (median of the fastest round trips; typically well under 0.1 ms of error).
 
-Target (issue 9): per-delivery p99 ≤ the floor's p99 + 25 ms with 1 000 clients.
+Target (issue 9): per-delivery p99 ≤ the floor's p99 + 25 ms with 1 000 clients. The
+reference's own p99 − floor says how much of that is the machine's cost of 1 000 sends.
 Prints one JSON line. `--quick` runs in well under a minute.
 """
 
@@ -108,44 +112,64 @@ def run_settle(settle: int, args: argparse.Namespace, tmp: Path) -> dict[str, An
     readers = C.reader_tokens(args.clients)
     config = C.write_config(work / "config.yaml", readers, watch={"settle_ms": settle})
     original = (repo / STORY).read_text()
-    sw_file, floor_file = repo / STORY, floor_dir / STORY
+    ref_dir = C.copy_fixtures(work / "reference")
+    sw_file, floor_file, ref_file = repo / STORY, floor_dir / STORY, ref_dir / STORY
     debounce = max(MAX_BATCH_MS, settle * 2)
     save_times: dict[int, float] = {}
+    ref_times: dict[int, float] = {}
     floor_lat: list[float] = []
-    missing = {"storywatch": 0, "awatch": 0}
+    missing = {"storywatch": 0, "awatch": 0, "reference": 0}
     profile = None
     with C.Stopper() as stopper:
         sw = stopper.add(C.daemon(repo, config, work)).start()
         sw.wait_healthy()
         floor = stopper.add(AwatchBaseline(floor_dir, settle, debounce, work))
-        drv = stopper.add(C.Driver(f"latency-{settle}", work))
-        made = drv.call(
-            "connect",
-            url=sw.url(),
-            tokens=readers,
-            n=args.clients,
-            concurrency=50,
-            subscribe=True,
-            filter={},
-            protocol="storywatch.v1",
-        )
-        C.progress(f"settle {settle}: {args.clients} clients in {made['ms']:.0f} ms")
+        ref = stopper.add(C.refserver(work, watch=ref_dir, step=settle, debounce=debounce)).start()
+        drivers = {}
+        for system, server in (("storywatch", sw), ("reference", ref)):
+            drv = stopper.add(C.Driver(f"latency-{settle}-{system}", work))
+            made = drv.call(
+                "connect",
+                url=server.url(),
+                tokens=readers,
+                n=args.clients,
+                concurrency=50,
+                subscribe=True,
+                filter={},
+                protocol="storywatch.v1",
+            )
+            C.progress(f"settle {settle}: {args.clients} {system} clients in {made['ms']:.0f} ms")
+            drv.call("record", on=True)
+            drivers[system] = drv
+        drv = drivers["storywatch"]
         offset = drv.clock_offset_ms()
-        C.progress(f"driver clock offset {offset:.3f} ms")
-        drv.call("record", on=True)
+        ref_offset = drivers["reference"].clock_offset_ms()
+        C.progress(f"driver clock offsets {offset:.3f} / {ref_offset:.3f} ms")
         time.sleep(0.5)
-        meter = C.CpuMeter(server=sw.pid, client=drv.pid, floor=floor.pid).start()
+        meter = C.CpuMeter(
+            server=sw.pid,
+            client=drv.pid,
+            floor=floor.pid,
+            ref=ref.pid,
+            ref_client=drivers["reference"].pid,
+        ).start()
         prof = C.Profiler(sw.pid, work / "latency-storywatch.collapsed") if args.profile else None
         for i in range(args.saves):
             k = 1_000_000 * settle + i
-            for system in ("storywatch", "awatch") if i % 2 == 0 else ("awatch", "storywatch"):
+            order = ("storywatch", "awatch", "reference")
+            for system in order[i % 3 :] + order[: i % 3]:
                 start = time.perf_counter()
-                if system == "storywatch":
-                    drv.call("target", k_from=k, k_to=k)
-                    save_times[k] = save(sw_file, original, k)
-                    got = drv.call("wait", timeout_s=5)
+                if system in drivers:
+                    target, file = (
+                        drivers[system],
+                        (sw_file if system == "storywatch" else ref_file),
+                    )
+                    target.call("target", k_from=k, k_to=k)
+                    times = save_times if system == "storywatch" else ref_times
+                    times[k] = save(file, original, k)
+                    got = target.call("wait", timeout_s=5)
                     if not got["complete"]:
-                        missing["storywatch"] += 1
+                        missing[system] += 1
                 else:
                     floor.drain()
                     t_save = save(floor_file, original, k)
@@ -162,23 +186,33 @@ def run_settle(settle: int, args: argparse.Namespace, tmp: Path) -> dict[str, An
         used = meter.stop()
         if prof is not None:
             profile = prof.stop()
-        dump = work / "records.json"
-        drv.call("dump", file=str(dump))
+        dumps = {}
+        for system, target in drivers.items():
+            dumps[system] = work / f"records-{system}.json"
+            target.call("dump", file=str(dumps[system]))
         rss = sw.rss_kb()
-    records = {int(k): v for k, v in json.loads(dump.read_text()).items()}
-    per_delivery: list[float] = []
-    last: list[float] = []
-    first: list[float] = []
-    short = 0
-    for k, t_save in save_times.items():
-        times = [t - offset - 1000 * t_save for t in records.get(k, [])]
-        if len(times) < args.clients:
-            short += 1
-        if not times:
-            continue
-        per_delivery.extend(times)
-        last.append(max(times))
-        first.append(min(times))
+
+    def latencies(
+        system: str, saved: dict[int, float], clock_offset: float
+    ) -> tuple[list[float], list[float], list[float], int]:
+        records = {int(k): v for k, v in json.loads(dumps[system].read_text()).items()}
+        per_delivery: list[float] = []
+        last: list[float] = []
+        first: list[float] = []
+        short = 0
+        for k, t_save in saved.items():
+            times = [t - clock_offset - 1000 * t_save for t in records.get(k, [])]
+            if len(times) < args.clients:
+                short += 1
+            if not times:
+                continue
+            per_delivery.extend(times)
+            last.append(max(times))
+            first.append(min(times))
+        return per_delivery, first, last, short
+
+    per_delivery, first, last, short = latencies("storywatch", save_times, offset)
+    ref_delivery, ref_first, ref_last, ref_short = latencies("reference", ref_times, ref_offset)
 
     def stats(values: list[float]) -> dict[str, Any]:
         return {
@@ -198,7 +232,11 @@ def run_settle(settle: int, args: argparse.Namespace, tmp: Path) -> dict[str, An
         "storywatch_last_client": stats(last),
         "storywatch_first_client": stats(first),
         "floor_awatch": floor_stats,
+        "reference_per_delivery": stats(ref_delivery),
+        "reference_last_client": stats(ref_last),
+        "reference_first_client": stats(ref_first),
         "saves_short_of_all_clients": short,
+        "reference_saves_short_of_all_clients": ref_short,
         "missing": missing,
         "clock_offset_ms": offset,
         "server_cpu_ms_per_save": 1000 * used["server_cpu_s"] / max(1, args.saves),
@@ -209,6 +247,10 @@ def run_settle(settle: int, args: argparse.Namespace, tmp: Path) -> dict[str, An
     if sw_stats["p99_ms"] is not None and floor_stats["p99_ms"] is not None:
         out["p99_minus_floor_ms"] = sw_stats["p99_ms"] - floor_stats["p99_ms"]
         out["target_p99_le_floor_plus_25ms"] = out["p99_minus_floor_ms"] <= 25
+        ref_p99 = out["reference_per_delivery"]["p99_ms"]
+        if ref_p99 is not None:
+            out["reference_p99_minus_floor_ms"] = ref_p99 - floor_stats["p99_ms"]
+            out["p99_minus_reference_ms"] = sw_stats["p99_ms"] - ref_p99
     if profile is not None:
         out["profile"] = profile
     return out
