@@ -25,7 +25,7 @@ from watchfiles import Change, awatch
 from storywatch.config import WatchSettings
 from storywatch.events import Json
 from storywatch.ingest import Ingest
-from storywatch.repo import Repo, parse_tree
+from storywatch.repo import Repo
 from storywatch.story import ParseError, ParseResult, Story
 
 logger = logging.getLogger(__name__)
@@ -208,9 +208,8 @@ class Watcher:
 
     async def _read(self, rels: set[str]) -> dict[str, ParseResult | None]:
         # Always off the loop: one hostile file (a megabyte of tiny YAML values) takes
-        # seconds to build before the size guards can see it. A checkout's thousands of
-        # files are parsed in worker processes, not under the GIL the fan-out needs.
-        return await asyncio.to_thread(parse_tree, self.repo, sorted(rels))
+        # seconds to build before the size guards can see it.
+        return await asyncio.to_thread(self.repo.read_many, sorted(rels))
 
     def _source(self) -> Json:
         source: Json = {"kind": "fs", "batch": f"b-{next(self._batches)}"}
