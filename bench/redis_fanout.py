@@ -35,9 +35,21 @@ class Redis:
             raise SystemExit("redis_fanout needs redis-server (apt-get install redis-server)")
         self.port = C.free_port()
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(0.3)
 
@@ -52,14 +64,27 @@ class Redis:
 
 
 def serve(redis: Redis, config: Path, logdir: Path, name: str) -> C.Server:
-    args = [sys.executable, "-m", "storywatch", "serve", "--backend", "redis",
-            "--redis-url", redis.url, "--port", "0", "--config", str(config)]
+    args = [
+        sys.executable,
+        "-m",
+        "storywatch",
+        "serve",
+        "--backend",
+        "redis",
+        "--redis-url",
+        redis.url,
+        "--port",
+        "0",
+        "--config",
+        str(config),
+    ]
     return C.Server(name, args, logdir)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--batch", type=int, default=50)
@@ -74,8 +99,12 @@ def main() -> None:
     template = C.story_template()
     ids = [f"bench-{i:05d}" for i in range(args.events)]
     result: dict[str, Any] = {
-        "bench": "redis_fanout", "clients": args.clients, "events_per_round": args.events,
-        "batch": args.batch, "rounds": args.rounds, "machine": C.machine(),
+        "bench": "redis_fanout",
+        "clients": args.clients,
+        "events_per_round": args.events,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "machine": C.machine(),
     }
     topologies = {"one_server": 1, "two_servers": 2}
     with C.Stopper() as stopper:
@@ -83,25 +112,34 @@ def main() -> None:
         setups: dict[str, tuple[list[C.Server], C.Driver]] = {}
         for name, count in topologies.items():
             config = C.write_config(
-                tmp / f"{name}.yaml", readers, limits=C.UNCAPPED_LIMITS,
+                tmp / f"{name}.yaml",
+                readers,
+                limits=C.UNCAPPED_LIMITS,
                 backend={"stream": name},
             )
             servers = [
-                stopper.add(serve(redis, config, tmp, f"{name}-{i}")).start()
-                for i in range(count)
+                stopper.add(serve(redis, config, tmp, f"{name}-{i}")).start() for i in range(count)
             ]
             for server in servers:
                 server.wait_healthy()
             drv = stopper.add(C.Driver(name, tmp))
             drv.call("template", story=template)
-            drv.call("publisher", url=servers[0].url(), token=C.PUBLISH_TOKEN,
-                     protocol="storywatch.v1")
-            drv.call("inject", ids=ids, statuses=["draft"], batch=args.batch, k0=0,
-                     timeout_s=120)
+            drv.call(
+                "publisher", url=servers[0].url(), token=C.PUBLISH_TOKEN, protocol="storywatch.v1"
+            )
+            drv.call("inject", ids=ids, statuses=["draft"], batch=args.batch, k0=0, timeout_s=120)
             for i, server in enumerate(servers):
                 share = args.clients // count + (1 if i < args.clients % count else 0)
-                drv.call("connect", url=server.url(), tokens=readers, n=share,
-                         concurrency=50, subscribe=True, filter={}, protocol="storywatch.v1")
+                drv.call(
+                    "connect",
+                    url=server.url(),
+                    tokens=readers,
+                    n=share,
+                    concurrency=50,
+                    subscribe=True,
+                    filter={},
+                    protocol="storywatch.v1",
+                )
             setups[name] = (servers, drv)
             C.progress(f"{name}: {count} server(s), {args.clients} clients")
         k = len(ids)
@@ -113,8 +151,14 @@ def main() -> None:
                 servers, drv = setups[name]
                 pids = {f"server{i}": s.pid for i, s in enumerate(servers)}
                 meter = C.CpuMeter(client=drv.pid, redis=redis.proc.pid, **pids).start()
-                out = drv.call("inject", ids=ids, statuses=[statuses[r % len(statuses)]],
-                               batch=args.batch, k0=k, timeout_s=600)
+                out = drv.call(
+                    "inject",
+                    ids=ids,
+                    statuses=[statuses[r % len(statuses)]],
+                    batch=args.batch,
+                    k0=k,
+                    timeout_s=600,
+                )
                 used = meter.stop()
                 server_cpu = sum(v for key, v in used.items() if key.startswith("server"))
                 deliveries = out["deliveries"]
@@ -133,7 +177,8 @@ def main() -> None:
     for name in topologies:
         result[name] = {
             key: C.median(row[key] for row in rows[name])
-            for key in rows[name][0] if key != "complete"
+            for key in rows[name][0]
+            if key != "complete"
         }
         result[name]["complete"] = all(row["complete"] for row in rows[name])
     one, two = result["one_server"], result["two_servers"]

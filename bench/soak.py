@@ -50,8 +50,7 @@ from typing import Any
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TOKEN = "soak-token"
 # Latency histogram bucket edges, ms.
-EDGES = [1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000,
-         30000]
+EDGES = [1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000, 30000]
 _LISTEN = re.compile(r"https?://[^:/]+:(\d+)")
 
 
@@ -80,8 +79,9 @@ def story_text(n: int, epic: str, status: str, k: int, t_ms: int) -> str:
 
 
 class Daemon:
-    def __init__(self, repo: Path, workdir: Path, clients: int, backend: str,
-                 buffer_size: int) -> None:
+    def __init__(
+        self, repo: Path, workdir: Path, clients: int, backend: str, buffer_size: int
+    ) -> None:
         config = workdir / "soak-config.yaml"
         digest = hashlib.sha256(TOKEN.encode()).hexdigest()
         config.write_text(
@@ -91,10 +91,27 @@ class Daemon:
             f"  max_connections: {clients + 100}\n"
             f"backend:\n  buffer_size: {buffer_size}\n"
         )
-        args = [sys.executable, "-m", "storywatch", "run", str(repo), "--port", "0",
-                "--backend", backend, "--config", str(config), "-q"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        args = [
+            sys.executable,
+            "-m",
+            "storywatch",
+            "run",
+            str(repo),
+            "--port",
+            "0",
+            "--backend",
+            backend,
+            "--config",
+            str(config),
+            "-q",
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.stderr: list[str] = []
         threading.Thread(target=self._pump, args=(self.proc.stderr,), daemon=True).start()
         assert self.proc.stdout is not None
@@ -186,11 +203,17 @@ class Counters:
 
     def take(self) -> dict[str, Any]:
         """Counters since the last take (the histogram and max reset too)."""
-        out = {"deliveries": self.deliveries, "gaps": self.gaps,
-               "duplicates": self.duplicates, "errors": self.errors,
-               "disconnects": self.disconnects, "connected": self.connected,
-               "hist": self.hist, "max_latency": self.max_latency,
-               "error_samples": self.error_samples}
+        out = {
+            "deliveries": self.deliveries,
+            "gaps": self.gaps,
+            "duplicates": self.duplicates,
+            "errors": self.errors,
+            "disconnects": self.disconnects,
+            "connected": self.connected,
+            "hist": self.hist,
+            "max_latency": self.max_latency,
+            "error_samples": self.error_samples,
+        }
         self.hist = [0] * (len(EDGES) + 1)
         self.max_latency = 0.0
         self.error_samples = []
@@ -228,10 +251,12 @@ class FollowProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         key = base64.b64encode(os.urandom(16)).decode()
-        request = (f"GET {self.client.path} HTTP/1.1\r\nHost: {self.client.host}\r\n"
-                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                   "Sec-WebSocket-Protocol: storywatch.v1\r\n\r\n")
+        request = (
+            f"GET {self.client.path} HTTP/1.1\r\nHost: {self.client.host}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: storywatch.v1\r\n\r\n"
+        )
         transport.write(request.encode())  # type: ignore[attr-defined]
 
     def send_text(self, text: str) -> None:
@@ -264,7 +289,7 @@ class FollowProtocol(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.close()
                 return
-            del buf[:end + 4]
+            del buf[: end + 4]
             self.open = True
         pos = 0
         size = len(buf)
@@ -275,16 +300,16 @@ class FollowProtocol(asyncio.Protocol):
             if length == 126:
                 if size - pos < 4:
                     break
-                length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
                 head = 4
             elif length == 127:
                 if size - pos < 10:
                     break
-                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 head = 10
             if size - pos < head + length:
                 break
-            payload = bytes(buf[pos + head:pos + head + length])
+            payload = bytes(buf[pos + head : pos + head + length])
             pos += head + length
             opcode = first & 0x0F
             if opcode == 0x1:
@@ -309,8 +334,9 @@ class FollowProtocol(asyncio.Protocol):
 class Follower:
     """One soak client: subscribes to everything, checks seqs, resumes after a drop."""
 
-    def __init__(self, host: str, port: int, path: str, counters: Counters,
-                 state: dict[str, int]) -> None:
+    def __init__(
+        self, host: str, port: int, path: str, counters: Counters, state: dict[str, int]
+    ) -> None:
         self.host, self.port, self.path = host, port, path
         self.counters = counters
         self.state = state
@@ -372,7 +398,8 @@ class Follower:
             self.phase = "welcome"
             try:
                 _, protocol = await loop.create_connection(
-                    lambda: FollowProtocol(self), self.host, self.port)
+                    lambda: FollowProtocol(self), self.host, self.port
+                )
             except OSError as exc:
                 self.counters.disconnects += 1
                 self.counters.error(f"connect: {exc!r}")
@@ -393,8 +420,9 @@ class Follower:
             await asyncio.sleep(delay)
 
 
-def client_process(port: int, path: str, count: int, report: Any, commands: Any,
-                   index: int) -> None:
+def client_process(
+    port: int, path: str, count: int, report: Any, commands: Any, index: int
+) -> None:
     """A client process: ``count`` followers; reports its counters when asked."""
 
     async def main() -> None:
@@ -419,8 +447,15 @@ def client_process(port: int, path: str, count: int, report: Any, commands: Any,
                 sample["cpu_s"] = cpu_s(os.getpid())
                 report.put((index, sample))
             elif command == "final":
-                report.put((index, {"last_seqs": [f.state.get("last") for f in followers],
-                                    "start_seqs": [f.state.get("start") for f in followers]}))
+                report.put(
+                    (
+                        index,
+                        {
+                            "last_seqs": [f.state.get("last") for f in followers],
+                            "start_seqs": [f.state.get("start") for f in followers],
+                        },
+                    )
+                )
             elif command == "stop":
                 stop.set()
                 for task in tasks:
@@ -456,9 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="sqlite", choices=["sqlite", "memory"])
     parser.add_argument("--stories", type=int, default=500)
     parser.add_argument("--interval", type=float, default=10.0, help="seconds per sample")
-    parser.add_argument("--buffer-size", type=int, default=10_000,
-                        help="backend.buffer_size: the replay buffer fills after this many "
-                             "events, then memory should stay flat")
+    parser.add_argument(
+        "--buffer-size",
+        type=int,
+        default=10_000,
+        help="backend.buffer_size: the replay buffer fills after this many "
+        "events, then memory should stay flat",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = parser.parse_args(argv)
 
@@ -481,14 +520,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         daemon.wait_healthy()
         path = f"/ws?token={TOKEN}"
-        shares = [args.clients // args.procs + (1 if n < args.clients % args.procs else 0)
-                  for n in range(args.procs)]
+        shares = [
+            args.clients // args.procs + (1 if n < args.clients % args.procs else 0)
+            for n in range(args.procs)
+        ]
         started = time.monotonic()
         for index, share in enumerate(shares):
             commands = ctx.Queue()
-            proc = ctx.Process(target=client_process,
-                               args=(daemon.port, path, share, report, commands, index),
-                               daemon=True)
+            proc = ctx.Process(
+                target=client_process,
+                args=(daemon.port, path, share, report, commands, index),
+                daemon=True,
+            )
             proc.start()
             workers.append((proc, commands))
 
@@ -511,12 +554,23 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         health = daemon.wait_healthy()
         start_seq = health["seq"]
-        emit({"start": {"clients": args.clients, "rate": args.rate, "minutes": args.minutes,
-                        "procs": args.procs, "backend": args.backend, "stories": args.stories,
-                        "buffer_size": args.buffer_size,
-                        "connect_s": round(time.monotonic() - started, 1),
-                        "daemon_rss_mb": round(rss_kb(daemon.pid) / 1024, 1),
-                        "cpus": os.cpu_count(), "seq": start_seq}})
+        emit(
+            {
+                "start": {
+                    "clients": args.clients,
+                    "rate": args.rate,
+                    "minutes": args.minutes,
+                    "procs": args.procs,
+                    "backend": args.backend,
+                    "stories": args.stories,
+                    "buffer_size": args.buffer_size,
+                    "connect_s": round(time.monotonic() - started, 1),
+                    "daemon_rss_mb": round(rss_kb(daemon.pid) / 1024, 1),
+                    "cpus": os.cpu_count(),
+                    "seq": start_seq,
+                }
+            }
+        )
 
         # The changer runs in a thread: a steady rate whatever the sampling costs.
         written = [0]
@@ -531,8 +585,13 @@ def main(argv: list[str] | None = None) -> int:
             while not stop_changes.is_set():
                 n = k % len(paths)
                 k += 1
-                text = story_text(n, epics[n % len(epics)], statuses[n % len(statuses)], k,
-                                  int(time.time() * 1000))
+                text = story_text(
+                    n,
+                    epics[n % len(epics)],
+                    statuses[n % len(statuses)],
+                    k,
+                    int(time.time() * 1000),
+                )
                 tmp = paths[n].with_name(paths[n].name + ".soak~")
                 tmp.write_text(text)
                 os.replace(tmp, paths[n])  # atomic, like an editor's save
@@ -572,25 +631,33 @@ def main(argv: list[str] | None = None) -> int:
             rss = rss_kb(daemon.pid) / 1024
             rss_series.append((now - run_start, rss))
             health = daemon.healthz()
-            emit({
-                "t": round(now - run_start, 1),
-                "daemon_rss_mb": round(rss, 1),
-                "daemon_cpu": round((cpu_now - cpu_prev) / max(now - t_prev, 1e-9), 2),
-                "clients_rss_mb": round(sum(s["rss_kb"] for s in samples) / 1024, 1),
-                "clients_cpu": round((sum(s["cpu_s"] for s in samples) - clients_cpu[0])
-                                     / max(now - t_prev, 1e-9), 2),
-                "written": written[0],
-                "events": health["seq"] - start_seq,
-                "deliveries": deliveries,
-                "deliveries_per_s": round(delta["deliveries"] / max(now - t_prev, 1e-9)),
-                "connected": sum(s["connected"] for s in samples),
-                "errors": delta["errors"] + delta["gaps"] + delta["duplicates"],
-                "disconnects": delta["disconnects"],
-                "latency_ms": {"p50": percentile(hist, 0.5), "p99": percentile(hist, 0.99),
-                               "max": round(latest, 1)},
-                "loadavg_1m": loadavg(),
-                **({"final": True} if final else {}),
-            })
+            emit(
+                {
+                    "t": round(now - run_start, 1),
+                    "daemon_rss_mb": round(rss, 1),
+                    "daemon_cpu": round((cpu_now - cpu_prev) / max(now - t_prev, 1e-9), 2),
+                    "clients_rss_mb": round(sum(s["rss_kb"] for s in samples) / 1024, 1),
+                    "clients_cpu": round(
+                        (sum(s["cpu_s"] for s in samples) - clients_cpu[0])
+                        / max(now - t_prev, 1e-9),
+                        2,
+                    ),
+                    "written": written[0],
+                    "events": health["seq"] - start_seq,
+                    "deliveries": deliveries,
+                    "deliveries_per_s": round(delta["deliveries"] / max(now - t_prev, 1e-9)),
+                    "connected": sum(s["connected"] for s in samples),
+                    "errors": delta["errors"] + delta["gaps"] + delta["duplicates"],
+                    "disconnects": delta["disconnects"],
+                    "latency_ms": {
+                        "p50": percentile(hist, 0.5),
+                        "p99": percentile(hist, 0.99),
+                        "max": round(latest, 1),
+                    },
+                    "loadavg_1m": loadavg(),
+                    **({"final": True} if final else {}),
+                }
+            )
             cpu_prev, t_prev = cpu_now, now
             clients_cpu[0] = sum(s["cpu_s"] for s in samples)
 
@@ -631,31 +698,49 @@ def main(argv: list[str] | None = None) -> int:
             mean_t, mean_r = sum(times) / len(times), sum(half) / len(half)
             var = sum((t - mean_t) ** 2 for t in times)
             if var:
-                slope = sum((t - mean_t) * (r - mean_r) for t, r in zip(times, half,
-                                                                       strict=True)) / var
+                slope = (
+                    sum((t - mean_t) * (r - mean_r) for t, r in zip(times, half, strict=True)) / var
+                )
         summary = {
-            "clients": args.clients, "rate": args.rate, "seconds": round(duration, 1),
-            "backend": args.backend, "written": written[0], "events": final_seq - start_seq,
-            "deliveries": totals["deliveries"], "expected_deliveries": expected,
-            "lost": expected - totals["deliveries"], "gaps": totals["gaps"],
-            "duplicates": totals["duplicates"], "errors": totals["errors"],
-            "disconnects": totals["disconnects"], "clients_behind_at_end": behind,
-            "latency_ms": {"p50": percentile(hist_total, 0.5),
-                           "p90": percentile(hist_total, 0.9),
-                           "p99": percentile(hist_total, 0.99),
-                           "p999": percentile(hist_total, 0.999),
-                           "max": round(max_latency, 1)},
-            "daemon_rss_mb": {"first": rss_series[0][1] if rss_series else None,
-                              "last": rss_series[-1][1] if rss_series else None,
-                              "max": max(r for _, r in rss_series) if rss_series else None,
-                              "slope_mb_per_min_second_half":
-                                  round(slope * 60, 3) if slope is not None else None},
+            "clients": args.clients,
+            "rate": args.rate,
+            "seconds": round(duration, 1),
+            "backend": args.backend,
+            "written": written[0],
+            "events": final_seq - start_seq,
+            "deliveries": totals["deliveries"],
+            "expected_deliveries": expected,
+            "lost": expected - totals["deliveries"],
+            "gaps": totals["gaps"],
+            "duplicates": totals["duplicates"],
+            "errors": totals["errors"],
+            "disconnects": totals["disconnects"],
+            "clients_behind_at_end": behind,
+            "latency_ms": {
+                "p50": percentile(hist_total, 0.5),
+                "p90": percentile(hist_total, 0.9),
+                "p99": percentile(hist_total, 0.99),
+                "p999": percentile(hist_total, 0.999),
+                "max": round(max_latency, 1),
+            },
+            "daemon_rss_mb": {
+                "first": rss_series[0][1] if rss_series else None,
+                "last": rss_series[-1][1] if rss_series else None,
+                "max": max(r for _, r in rss_series) if rss_series else None,
+                "slope_mb_per_min_second_half": round(slope * 60, 3) if slope is not None else None,
+            },
             "daemon_cpu_s": round(cpu_s(daemon.pid), 1),
             "error_samples": error_samples[:5],
         }
         emit({"summary": summary})
-        ok = summary["lost"] == 0 and not totals["errors"] and not totals["gaps"] and \
-            not totals["duplicates"] and not totals["disconnects"] and behind == 0
+        ok = (
+            summary["lost"] == 0
+            and not totals["errors"]
+            and not totals["gaps"]
+            and not totals["duplicates"]
+            and not totals["disconnects"]
+            and behind == 0
+        )
         return 0 if ok else 1
     finally:
         with contextlib.suppress(Exception):
@@ -667,8 +752,7 @@ def main(argv: list[str] | None = None) -> int:
                     proc.kill()
         code = daemon.stop()
         if code not in (0, None):
-            print(f"daemon exited with {code}:\n" + "".join(daemon.stderr[-30:]),
-                  file=sys.stderr)
+            print(f"daemon exited with {code}:\n" + "".join(daemon.stderr[-30:]), file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
         if out:
             out.close()
