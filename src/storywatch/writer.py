@@ -15,6 +15,7 @@ drain for at most ``write_timeout_s`` and otherwise closes the connection.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -24,6 +25,8 @@ from websockets.protocol import State
 
 from storywatch.metrics import Metrics
 from storywatch.session import Session
+
+logger = logging.getLogger(__name__)
 
 MAX_FRAMES_PER_PASS = 256  # per connection; the rest waits for the next turn (fairness)
 _OPEN = State.OPEN  # looked up once: an enum member access is not free, per connection
@@ -64,7 +67,13 @@ class Flusher:
         born: set[float] = set()
         for writer in ready:
             writer.queued = False
-            count, first_born = writer.flush(now)
+            try:
+                count, first_born = writer.flush(now)
+            except Exception:  # one broken connection must not stall the others
+                logger.exception("writing to connection %s failed; closing it", writer.session.id)
+                writer.close()
+                writer.connection.transport.abort()
+                continue
             if count:
                 delivered += count
                 born.add(first_born)
