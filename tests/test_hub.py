@@ -312,3 +312,28 @@ def test_grouped_fan_out_sends_what_each_session_alone_would(
             session.offer(event, now=0.0)
     for one, two in zip(grouped, alone, strict=True):
         assert drain(one)[0] == drain(two)[0]
+
+
+def test_events_leave_no_cyclic_garbage_behind() -> None:
+    """The daemon runs full garbage collections rarely (storywatch.gcpace): an event that
+    leaves the replay buffer, and everything the fan-out made of it, must be freed by
+    reference counting alone, or memory grows with every event until the next one."""
+    import gc
+
+    stream = Stream()
+    hub = Hub(ReplayBuffer(5, stream.epoch, stream.seq))
+    sessions = [make_session(READER), make_session(INTEGRATION)]
+    for session in sessions:
+        hub.sessions.add(session)
+        send(session, hub, {"type": "subscribe", "sub": "s1", "filter": {}})
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(50):
+            epic = ("integration", "ui")[n % 2]
+            hub.publish([stream.put(f"S{n % 7}", status=f"s{n}", epic=epic)])
+            for session in sessions:
+                drain(session, 1e6 + n)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -30,10 +30,9 @@ class View:
 def transformed(event: Event, scope: Scope) -> View | None:
     """The event as seen through ``scope``; None when the token may not see it at all."""
     if scope.epics is None:
-        plain: View | None = event.memo.get("view")
-        if plain is None:
-            plain = event.memo["view"] = View(event, event.type, event.before(), event.after())
-        return plain
+        # Not memoized on the event: a view refers to its event, and an event holding its
+        # view would be a reference cycle, freed only by a full garbage collection.
+        return View(event, event.type, event.before(), event.after())
     before, after = event.before(), event.after()
     sees_before, sees_after = scope.sees(before), scope.sees(after)
     if event.type == "story.invalid" or event.type == "story.created":

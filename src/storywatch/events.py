@@ -87,8 +87,6 @@ class Event:
         default_factory=dict, repr=False, compare=False
     )
     _before: list[Json | None] = field(default_factory=list, repr=False, compare=False)
-    # Per-event memo for the fan-out (the unscoped view every plain session shares).
-    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def type(self) -> str:
