@@ -380,6 +380,15 @@ def refserver(
     return Server(name, args, logdir)
 
 
+def finish(result: dict[str, Any], tmp: Path, *, keep: bool) -> None:
+    """Print the result line and remove the temp folder, unless it is to be kept (``--keep``,
+    or a profile's collapsed stacks live there)."""
+    result["tmp"] = str(tmp)
+    if not keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    emit(rnd(result))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -452,6 +461,22 @@ class Driver:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def subscribe_clients(
+        self, url: str, tokens: Sequence[str], n: int, *, concurrency: int = 50, **extra: Any
+    ) -> dict[str, Any]:
+        """Open ``n`` clients on ``url`` (tokens in turn), each subscribed with ``{}``."""
+        return self.call(
+            "connect",
+            url=url,
+            tokens=list(tokens),
+            n=n,
+            concurrency=concurrency,
+            subscribe=True,
+            filter={},
+            protocol="storywatch.v1",
+            **extra,
+        )
 
     def clock_offset_ms(self, samples: int = 21) -> float:
         """Driver wall clock minus this process's time.time(), in ms (median)."""

@@ -95,17 +95,8 @@ def run_variant(
         drv = stopper.add(C.Driver(f"burst-{limits_name}", work))
         drv.call("expect", states=states[branch])
         t0 = time.perf_counter()
-        drv.call(
-            "connect",
-            url=sw.url(),
-            tokens=readers,
-            n=args.clients,
-            concurrency=20,
-            subscribe=True,
-            filter={},
-            snapshot=True,
-            track=True,
-            protocol="storywatch.v1",
+        drv.subscribe_clients(
+            sw.url(), readers, args.clients, concurrency=20, snapshot=True, track=True
         )
         C.progress(
             f"{limits_name}: {args.clients} clients with snapshots in "
@@ -221,12 +212,7 @@ def main() -> None:
     for name in [v.strip() for v in args.limits.split(",") if v.strip()]:
         result["variants"].append(run_variant(name, args, tmp, repo, states))
     result["targets"] = {v["limits"]: v["targets"] for v in result["variants"]}
-    result["tmp"] = str(tmp)
-    if not args.keep and not args.profile:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    C.emit(C.rnd(result))
+    C.finish(result, tmp, keep=args.keep or args.profile)
 
 
 if __name__ == "__main__":

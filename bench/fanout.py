@@ -102,16 +102,7 @@ def main() -> None:
             drv.call("publisher", url=server.url(), token=C.PUBLISH_TOKEN, protocol="storywatch.v1")
             # Create the stories before the clients connect (story.created, not measured).
             drv.call("inject", ids=ids, statuses=["draft"], batch=args.batch, k0=0, timeout_s=60)
-            made = drv.call(
-                "connect",
-                url=server.url(),
-                tokens=readers,
-                n=args.clients,
-                concurrency=50,
-                subscribe=True,
-                filter={},
-                protocol="storywatch.v1",
-            )
+            made = drv.subscribe_clients(server.url(), readers, args.clients)
             C.progress(f"{name}: {args.clients} clients connected in {made['ms']:.0f} ms")
         k = len(ids)
         # Warm-up round (not measured): a tenth of a round, to both servers.
@@ -236,12 +227,7 @@ def main() -> None:
     }
     if profile is not None:
         result["profile"] = profile
-    result["tmp"] = str(tmp)
-    if not args.keep and not args.profile:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    C.emit(C.rnd(result))
+    C.finish(result, tmp, keep=args.keep or args.profile)
 
 
 def _throughput_row(out: dict[str, Any], used: dict[str, float], expected: int) -> dict[str, Any]:

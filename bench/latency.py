@@ -128,16 +128,7 @@ def run_settle(settle: int, args: argparse.Namespace, tmp: Path) -> dict[str, An
         drivers = {}
         for system, server in (("storywatch", sw), ("reference", ref)):
             drv = stopper.add(C.Driver(f"latency-{settle}-{system}", work))
-            made = drv.call(
-                "connect",
-                url=server.url(),
-                tokens=readers,
-                n=args.clients,
-                concurrency=50,
-                subscribe=True,
-                filter={},
-                protocol="storywatch.v1",
-            )
+            made = drv.subscribe_clients(server.url(), readers, args.clients)
             C.progress(f"settle {settle}: {args.clients} {system} clients in {made['ms']:.0f} ms")
             drv.call("record", on=True)
             drivers[system] = drv
@@ -288,12 +279,7 @@ def main() -> None:
         f"settle_{r['settle_ms']}_p99_le_floor_plus_25ms": r.get("target_p99_le_floor_plus_25ms")
         for r in result["runs"]
     }
-    result["tmp"] = str(tmp)
-    if not args.keep and not args.profile:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    C.emit(C.rnd(result))
+    C.finish(result, tmp, keep=args.keep or args.profile)
 
 
 if __name__ == "__main__":

@@ -48,16 +48,8 @@ def connection_round(
         time.sleep(args.settle)
         before = server.rss_kb()
         t0 = time.perf_counter()
-        drv.call(
-            "connect",
-            url=server.url(),
-            tokens=readers,
-            n=args.connections,
-            concurrency=50,
-            subscribe=True,
-            filter={},
-            protocol="storywatch.v1",
-            deflate=kind == "reference_deflate",
+        drv.subscribe_clients(
+            server.url(), readers, args.connections, deflate=kind == "reference_deflate"
         )
         connect_s = time.perf_counter() - t0
         time.sleep(args.settle)
@@ -156,11 +148,7 @@ def main() -> None:
     result["ratio_vs_reference"] = sw_kb / result["reference"]["kb_per_connection"]
     result["stories_rss"] = stories_rss(args, tmp, config)
     result["targets"] = {"le_20kB_per_idle_connection": sw_kb <= 20}
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    C.emit(C.rnd(result))
+    C.finish(result, tmp, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -130,16 +130,7 @@ def main() -> None:
             drv.call("inject", ids=ids, statuses=["draft"], batch=args.batch, k0=0, timeout_s=120)
             for i, server in enumerate(servers):
                 share = args.clients // count + (1 if i < args.clients % count else 0)
-                drv.call(
-                    "connect",
-                    url=server.url(),
-                    tokens=readers,
-                    n=share,
-                    concurrency=50,
-                    subscribe=True,
-                    filter={},
-                    protocol="storywatch.v1",
-                )
+                drv.subscribe_clients(server.url(), readers, share)
             setups[name] = (servers, drv)
             C.progress(f"{name}: {count} server(s), {args.clients} clients")
         k = len(ids)
@@ -187,8 +178,7 @@ def main() -> None:
         "server_cpu_us_per_delivery": two["server_cpu_us_per_delivery"]
         / one["server_cpu_us_per_delivery"],
     }
-    shutil.rmtree(tmp, ignore_errors=True)
-    C.emit(C.rnd(result))
+    C.finish(result, tmp, keep=False)
 
 
 if __name__ == "__main__":

@@ -222,12 +222,7 @@ def main() -> None:
         row = daemon_round(corpus, config, tmp, args.backend, profile_to=out)
         time.sleep(0.5)
         result["profile"] = {**C.summarize_collapsed(out), "round": C.rnd(row)}
-    result["tmp"] = str(tmp)
-    if not args.keep and not args.profile:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    C.emit(C.rnd(result))
+    C.finish(result, tmp, keep=args.keep or args.profile)
 
 
 if __name__ == "__main__":
