@@ -157,9 +157,9 @@ class Session:
         # the limit for ~10 s) is sustained abuse.
         self._abuse = TokenBucket(limits.inbound_per_s / 4, limits.inbound_burst, now)
         self._outbound = TokenBucket(limits.rate_per_s, limits.burst, now)
-        self.wakeup: Callable[[], None] = _nothing
-        self.on_coalesced: Callable[[], None] = _nothing
-        self.on_overflow: Callable[[], None] = _nothing
+        self.wakeup: Callable[[], None] = nothing
+        self.on_coalesced: Callable[[], None] = nothing
+        self.on_overflow: Callable[[], None] = nothing
         self.stats = {"coalesced": 0, "overflows": 0}
 
     @property
@@ -546,8 +546,8 @@ class Session:
         return item.frame(), 0.0, born
 
 
-def _nothing() -> None:
-    pass
+def nothing() -> None:
+    """The callback a session starts with (and gets back when its writer goes)."""
 
 
 def _publish_item_problem(item: Any) -> str | None:

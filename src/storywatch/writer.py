@@ -24,7 +24,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from storywatch.metrics import Metrics
-from storywatch.session import Session
+from storywatch.session import Session, nothing
 
 logger = logging.getLogger(__name__)
 
@@ -158,14 +158,10 @@ class Writer:
         if self.closed:
             return
         self.closed = True
-        self.session.wakeup = _nothing
+        self.session.wakeup = nothing
         if self._timer is not None:
             self._timer.cancel()
         # The waiting task stays referenced: when it is the one closing, it must not be
         # collected half way through the close handshake.
         if self._drainer is not None and self._drainer is not asyncio.current_task():
             self._drainer.cancel()
-
-
-def _nothing() -> None:
-    pass
