@@ -36,15 +36,18 @@ from hypothesis.stateful import (
     rule,
 )
 
-from storywatch.config import DEFAULTS, Limits
+from storywatch.config import DEFAULTS
 from storywatch.events import EVENT_TYPES, Draft, Event, number
 from storywatch.filters import FILTER_KEYS, Scope
 from storywatch.http import Api
 from storywatch.hub import Hub
+from storywatch.inbound import Delete, Publish, Upsert
 from storywatch.index import diff_story, field_changes
-from storywatch.log import ReplayBuffer
-from storywatch.session import Close, Principal, PublishRequest, Session
+from storywatch.replay import ReplayBuffer
+from storywatch.session import Close, Session
 from storywatch.story import ParseError, Story
+from storywatch.values import Limits, Principal
+from tests.frames import next_frame, pending_stories
 
 EXAMPLES = int(os.environ.get("STORYWATCH_FUZZ_EXAMPLES", "150"))
 # CI runs a fixed set of examples (a red build is always reproducible); a long local run
@@ -54,16 +57,22 @@ FUZZ = settings(
     max_examples=EXAMPLES,
     derandomize=DERANDOMIZE,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 STATEFUL = settings(
     max_examples=max(10, EXAMPLES // 3),
     stateful_step_count=40,
     derandomize=DERANDOMIZE,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 
 EPOCH = "ep-fuzz"
@@ -81,14 +90,27 @@ INT_PUBLISH = Principal(
 PRINCIPALS = (READER, PUBLISHER, ADMIN, INTEGRATION, INT_PUBLISH)
 
 SESSION_TYPES = frozenset({"subscribed", "snapshot", "unsubscribed", "pong", "resync", "error"})
-ERROR_CODES = frozenset({
-    "bad_request", "unknown_type", "invalid_filter", "forbidden", "rate_limited",
-    "too_many_subscriptions", "duplicate_sub", "unknown_sub",
-})
+ERROR_CODES = frozenset(
+    {
+        "bad_request",
+        "unknown_type",
+        "invalid_filter",
+        "forbidden",
+        "rate_limited",
+        "too_many_subscriptions",
+        "duplicate_sub",
+        "unknown_sub",
+    }
+)
 # Which error codes each client message may get (SPEC §4 "Error codes").
 CODES_FOR = {
-    "subscribe": {"bad_request", "forbidden", "invalid_filter", "too_many_subscriptions",
-                  "duplicate_sub"},
+    "subscribe": {
+        "bad_request",
+        "forbidden",
+        "invalid_filter",
+        "too_many_subscriptions",
+        "duplicate_sub",
+    },
     "unsubscribe": {"bad_request", "unknown_sub"},
     "ping": set(),
     "publish": {"bad_request", "forbidden"},
@@ -134,19 +156,30 @@ class Stream:
         old = self.states.pop(story_id, None)
         if old is None:
             return None
-        return self._number(Draft(
-            type="story.deleted", story_id=story_id, path=old.path, story=old.fields,
-            changes=field_changes(old.fields, {}),
-        ))
+        return self._number(
+            Draft(
+                type="story.deleted",
+                story_id=story_id,
+                path=old.path,
+                story=old.fields,
+                changes=field_changes(old.fields, {}),
+            )
+        )
 
     def invalid(self, story_id: str) -> Event | None:
         old = self.states.get(story_id)
         if old is None:
             return None
-        return self._number(Draft(
-            type="story.invalid", story_id=story_id, path=old.path, story=old.fields,
-            changes={}, error=ParseError("yaml", "bad YAML", 3),
-        ))
+        return self._number(
+            Draft(
+                type="story.invalid",
+                story_id=story_id,
+                path=old.path,
+                story=old.fields,
+                changes={},
+                error=ParseError("yaml", "bad YAML", 3),
+            )
+        )
 
 
 def seeded_hub(stream: Stream, clock: Callable[[], float] = lambda: 0.0) -> Hub:
@@ -176,7 +209,7 @@ def drain(session: Session, now: float = 0.0) -> list[dict[str, Any]]:
     """Every frame the writer would send, advancing the clock as the bucket asks."""
     out: list[dict[str, Any]] = []
     for _ in range(100_000):
-        frame, wait, _born = session.next_frame(now)
+        frame, wait, _born = next_frame(session, now)
         if frame is None:
             if wait <= 0:
                 return out
@@ -235,23 +268,34 @@ def check_scope(message: dict[str, Any], scope: Scope) -> None:
                 assert value is None or value in scope.epics, message
 
 
-def answers(session: Session, hub: Hub, frame: str | bytes, now: float = 0.0
-            ) -> tuple[Close | PublishRequest | None, list[dict[str, Any]]]:
+def answers(
+    session: Session, hub: Hub, frame: str | bytes, now: float = 0.0
+) -> tuple[Close | Publish | None, list[dict[str, Any]]]:
     outcome = session.handle_message(frame, now, hub)
     return outcome, drain(session, now)
 
 
-def check_publish_request(request: PublishRequest) -> None:
-    """What reaches the index is well-formed, whatever the frame was."""
-    assert isinstance(request.items, list) and len(request.items) <= 1000
-    assert request.source is None or isinstance(request.source, dict)
+class Bodies:
+    def __init__(self, body_of: Callable[[str], str | None]) -> None:
+        self.body_of = body_of
+
+
+def check_publish_request(request: Publish) -> None:
+    """What reaches the index is well-formed, whatever the frame was (SPEC §13)."""
+    assert isinstance(request.items, tuple) and len(request.items) <= 1000
+    assert isinstance(request.source, dict) and len(request.source) <= 16
+    assert len(json.dumps(request.source, ensure_ascii=False).encode()) <= 1024 + 64
+    json.dumps(request.source, ensure_ascii=False).encode("utf-8")  # valid Unicode
     for item in request.items:
-        assert item["op"] in ("upsert", "delete")
-        story_id = item["story"]["id"] if item["op"] == "upsert" else item["id"]
-        assert isinstance(story_id, str | int) and not isinstance(story_id, bool)
-        if item["op"] == "upsert" and "path" in item["story"]:
-            path = item["story"]["path"]
+        assert isinstance(item, Upsert | Delete)
+        assert isinstance(item.story_id, str) and item.story_id
+        item.story_id.encode("utf-8")
+        if isinstance(item, Upsert):
+            json.dumps(item.fields, ensure_ascii=False).encode("utf-8")
+            path = item.path if item.path is not None else item.default_path
             assert isinstance(path, str) and path and not path.startswith("/")
+            assert path.endswith(".md")
+            assert not any(part.startswith(".") for part in path.split("/"))
             assert ".." not in path.split("/") and posixpath.normpath(path) == path
             assert "\\" not in path and "\x00" not in path
 
@@ -259,20 +303,23 @@ def check_publish_request(request: PublishRequest) -> None:
 # -- strategies -------------------------------------------------------------------------------
 
 scalars = (
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=20)
     | st.floats(allow_nan=False, allow_infinity=False)
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 huge_strings = st.sampled_from([10_000, 65_000, 300_000]).map(lambda n: "x" * n)
 any_field = json_values | huge_strings
 sub_ids = st.sampled_from(["s1", "s2", "s3", "x" * 64, "x" * 65, ""]) | any_field
-filter_values = st.lists(st.sampled_from(EPICS + STATUSES + ("S-1", "story.created")),
-                         max_size=3)
+filter_values = st.lists(st.sampled_from(EPICS + STATUSES + ("S-1", "story.created")), max_size=3)
 filters = st.one_of(
     st.none(),
     st.just({}),
@@ -280,10 +327,25 @@ filters = st.one_of(
     st.dictionaries(st.sampled_from((*FILTER_KEYS, "epic", "bogus")), any_field, max_size=3),
     any_field,
 )
-hostile_paths = st.sampled_from([
-    "stories/X-1.md", "x.md", "a/b/c.md", "../x.md", "/etc/passwd", "a/../../x.md",
-    "a/./b.md", "./a.md", "a//b.md", "a\\b.md", "a\x00b.md", "", "..", "a/..", "x" * 2000,
-])
+hostile_paths = st.sampled_from(
+    [
+        "stories/X-1.md",
+        "x.md",
+        "a/b/c.md",
+        "../x.md",
+        "/etc/passwd",
+        "a/../../x.md",
+        "a/./b.md",
+        "./a.md",
+        "a//b.md",
+        "a\\b.md",
+        "a\x00b.md",
+        "",
+        "..",
+        "a/..",
+        "x" * 2000,
+    ]
+)
 stories = st.fixed_dictionaries(
     {"id": st.sampled_from(["S-1", "X-1", 7, "", None, True]) | any_field},
     optional={
@@ -299,26 +361,38 @@ publish_items = st.one_of(
     st.fixed_dictionaries({"op": any_field}),
     any_field,
 )
-since_values = st.none() | st.fixed_dictionaries(
-    {"epoch": st.sampled_from([EPOCH, "other"]) | any_field,
-     "seq": st.integers(-3, 20) | any_field}
-) | any_field
+since_values = (
+    st.none()
+    | st.fixed_dictionaries(
+        {
+            "epoch": st.sampled_from([EPOCH, "other"]) | any_field,
+            "seq": st.integers(-3, 20) | any_field,
+        }
+    )
+    | any_field
+)
 
 
 def message_of(kind: str) -> st.SearchStrategy[dict[str, Any]]:
     """A message of ``kind`` whose every field may be missing, right or of a wrong type."""
     fields: dict[str, st.SearchStrategy[Any]]
     if kind == "subscribe":
-        fields = {"sub": sub_ids, "filter": filters, "since": since_values,
-                  "snapshot": st.booleans() | any_field}
+        fields = {
+            "sub": sub_ids,
+            "filter": filters,
+            "since": since_values,
+            "snapshot": st.booleans() | any_field,
+        }
     elif kind == "unsubscribe":
         fields = {"sub": sub_ids}
     elif kind == "ping":
         fields = {"nonce": any_field}
     else:
-        fields = {"ref": any_field,
-                  "items": st.lists(publish_items, max_size=4) | any_field,
-                  "source": st.none() | st.dictionaries(st.text(max_size=5), scalars) | any_field}
+        fields = {
+            "ref": any_field,
+            "items": st.lists(publish_items, max_size=4) | any_field,
+            "source": st.none() | st.dictionaries(st.text(max_size=5), scalars) | any_field,
+        }
     return st.fixed_dictionaries({"type": st.just(kind)}, optional=fields)
 
 
@@ -332,13 +406,32 @@ raw_frames = st.one_of(
     json_values.map(json.dumps),
     st.binary(max_size=300),
     st.text(max_size=300),
-    st.sampled_from([
-        "", " ", "{", "}", "[]", "null", "true", '"subscribe"', "{}", '{"type": null}',
-        '{"type": "ping"', '{"type": "ping"}}', "\ufeff{}", '{"type": "ping", "type": 1}',
-        "[" * 100_000, "{" * 50_000, '{"a":' * 50_000, "[" * 100_000 + "]" * 100_000,
-        '{"type": "' + "p" * 200_000 + '"}', '{"type": "ping", "nonce": "' + "n" * 60_000 + '"}',
-        "9" * 5000, '{"type": "ping", "nonce": ' + "9" * 5000 + "}",
-    ]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "{",
+            "}",
+            "[]",
+            "null",
+            "true",
+            '"subscribe"',
+            "{}",
+            '{"type": null}',
+            '{"type": "ping"',
+            '{"type": "ping"}}',
+            "\ufeff{}",
+            '{"type": "ping", "type": 1}',
+            "[" * 100_000,
+            "{" * 50_000,
+            '{"a":' * 50_000,
+            "[" * 100_000 + "]" * 100_000,
+            '{"type": "' + "p" * 200_000 + '"}',
+            '{"type": "ping", "nonce": "' + "n" * 60_000 + '"}',
+            "9" * 5000,
+            '{"type": "ping", "nonce": ' + "9" * 5000 + "}",
+        ]
+    ),
     # Nesting shallower than the interpreter's recursion limit; deeper is tested on its own.
     st.integers(1, 300).map(lambda n: '{"type": "ping", "nonce": ' + "[" * n + "]" * n + "}"),
 )
@@ -358,8 +451,8 @@ def test_every_frame_gets_a_defined_answer(principal: Principal, frames: list[An
         outcome, replies = answers(session, hub, frame)
         assert not isinstance(outcome, Close), (frame[:200], outcome)
         for reply in replies:
-            check_scope(reply, principal.scope)
-        if isinstance(outcome, PublishRequest):
+            check_scope(reply, principal.epics)
+        if isinstance(outcome, Publish):
             check_publish_request(outcome)
             assert principal.can("publish")
             assert replies == []  # the server answers `published`
@@ -378,7 +471,7 @@ def test_wrong_types_in_every_field_get_the_codes_of_that_message(kind: str, dat
     session = Session("c1", ADMIN, OPEN, 0.0)
     message = data.draw(message_of(kind))
     outcome, replies = answers(session, hub, json.dumps(message))
-    if isinstance(outcome, PublishRequest):
+    if isinstance(outcome, Publish):
         check_publish_request(outcome)
         return
     assert outcome is None
@@ -421,15 +514,26 @@ class SessionMachine(RuleBasedStateMachine):
         max_pending=st.sampled_from([2, 5, 10_000]),
         max_subscriptions=st.sampled_from([2, 64]),
     )
-    def start(self, principal: Principal, rate: float, burst: int, max_pending: int,
-              max_subscriptions: int) -> None:
+    def start(
+        self,
+        principal: Principal,
+        rate: float,
+        burst: int,
+        max_pending: int,
+        max_subscriptions: int,
+    ) -> None:
         self.principal = principal
         self.stream = Stream()
         self.now = 0.0
         self.hub = seeded_hub(self.stream, clock=lambda: self.now)
-        self.limits = limits(inbound_per_s=1e9, inbound_burst=10**9, rate_per_s=rate,
-                             burst=burst, max_pending=max_pending,
-                             max_subscriptions=max_subscriptions)
+        self.limits = limits(
+            inbound_per_s=1e9,
+            inbound_burst=10**9,
+            rate_per_s=rate,
+            burst=burst,
+            max_pending=max_pending,
+            max_subscriptions=max_subscriptions,
+        )
         self.session = Session("c1", principal, self.limits, 0.0)
         self.hub.sessions.add(self.session)
         self.subs: set[str] = set()  # the model: subscriptions the session must hold
@@ -441,10 +545,15 @@ class SessionMachine(RuleBasedStateMachine):
     def subscribe(self, message: dict[str, Any]) -> None:
         self._send(message)
 
-    @rule(sub=st.sampled_from(["s1", "s2", "s3"]), flt=filters,
-          snapshot=st.booleans(), since_seq=st.none() | st.integers(-1, 40))
-    def subscribe_plausibly(self, sub: str, flt: Any, snapshot: bool,
-                            since_seq: int | None) -> None:
+    @rule(
+        sub=st.sampled_from(["s1", "s2", "s3"]),
+        flt=filters,
+        snapshot=st.booleans(),
+        since_seq=st.none() | st.integers(-1, 40),
+    )
+    def subscribe_plausibly(
+        self, sub: str, flt: Any, snapshot: bool, since_seq: int | None
+    ) -> None:
         message: dict[str, Any] = {"type": "subscribe", "sub": sub, "filter": flt}
         if snapshot:
             message["snapshot"] = True
@@ -466,8 +575,12 @@ class SessionMachine(RuleBasedStateMachine):
 
     # -- what the repo does -------------------------------------------------------------
 
-    @rule(n=st.integers(0, 7), epic=st.sampled_from(EPICS), status=st.sampled_from(STATUSES),
-          title=st.sampled_from(["a", "b", "c"]))
+    @rule(
+        n=st.integers(0, 7),
+        epic=st.sampled_from(EPICS),
+        status=st.sampled_from(STATUSES),
+        title=st.sampled_from(["a", "b", "c"]),
+    )
     def change(self, n: int, epic: str, status: str, title: str) -> None:
         self._publish(self.stream.put(f"S-{n}", epic=epic, status=status, title=title))
 
@@ -504,7 +617,7 @@ class SessionMachine(RuleBasedStateMachine):
         overflows = self.session.stats["overflows"]
         outcome = self.session.handle_message(raw, self.now, self.hub)
         assert not isinstance(outcome, Close)
-        if isinstance(outcome, PublishRequest):
+        if isinstance(outcome, Publish):
             check_publish_request(outcome)
             assert self.principal.can("publish")
         after = set(self.session.subs)
@@ -522,7 +635,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     def _collect(self, replies: Iterable[dict[str, Any]]) -> None:
         for reply in replies:
-            check_scope(reply, self.principal.scope)
+            check_scope(reply, self.principal.epics)
             if reply["type"] in EVENT_TYPES:
                 assert len(set(reply["subs"])) == len(reply["subs"])
                 for sub in reply["subs"]:
@@ -534,7 +647,7 @@ class SessionMachine(RuleBasedStateMachine):
     def model_matches(self) -> None:
         if hasattr(self, "session"):
             assert set(self.session.subs) == self.subs
-            assert self.session.pending_stories >= 0
+            assert pending_stories(self.session) >= 0
 
 
 TestSessionMachine = SessionMachine.TestCase
@@ -545,20 +658,31 @@ TestSessionMachine.settings = STATEFUL
 
 query_keys = st.sampled_from([*FILTER_KEYS, "epoch", "since", "wait", "token", "x", "epics[]"])
 query_values = st.text(max_size=12) | st.sampled_from(
-    ["integration", "ui", "-1", "0", "1e9", "inf", "-inf", "1" * 40, "%", "%zz", "&", ""])
+    ["integration", "ui", "-1", "0", "1e9", "inf", "-inf", "1" * 40, "%", "%zz", "&", ""]
+)
 
 
 @FUZZ
 @given(
-    route=st.sampled_from(["/api/stories", "/api/stories/", "/api/events", "/api/nope",
-                           "/api/stories/S-1", "/api/stories/S-2", "/api/stories/%2e%2e",
-                           "/api/stories/S-1/../S-2"]) | st.text(max_size=30).map(
-        lambda s: "/api/stories/" + s),
+    route=st.sampled_from(
+        [
+            "/api/stories",
+            "/api/stories/",
+            "/api/events",
+            "/api/nope",
+            "/api/stories/S-1",
+            "/api/stories/S-2",
+            "/api/stories/%2e%2e",
+            "/api/stories/S-1/../S-2",
+        ]
+    )
+    | st.text(max_size=30).map(lambda s: "/api/stories/" + s),
     query=st.lists(st.tuples(query_keys, query_values), max_size=5),
     principal=st.sampled_from([READER, INTEGRATION]),
 )
-def test_api_queries_get_a_defined_answer(route: str, query: list[tuple[str, str]],
-                                          principal: Principal) -> None:
+def test_api_queries_get_a_defined_answer(
+    route: str, query: list[tuple[str, str]], principal: Principal
+) -> None:
     from urllib.parse import urlencode
 
     pairs = [(k, v) for k, v in query if k != "wait"] + [("wait", "0")]
@@ -567,7 +691,7 @@ def test_api_queries_get_a_defined_answer(route: str, query: list[tuple[str, str
     async def run() -> Any:
         stream = Stream()
         hub = seeded_hub(stream)
-        api = Api(hub, lambda story_id: "body of " + story_id)
+        api = Api(hub, Bodies(lambda story_id: "body of " + story_id))
         return await asyncio.wait_for(api.handle(path, principal), 5)
 
     reply = asyncio.run(run())
@@ -577,9 +701,9 @@ def test_api_queries_get_a_defined_answer(route: str, query: list[tuple[str, str
         assert body["error"]["code"] in ("bad_request", "invalid_filter", "not_found")
         return
     for story in body.get("stories", [body] if "body" in body else []):
-        assert principal.scope.sees(story), (path, story)
+        assert principal.epics.sees(story), (path, story)
     for event in body.get("events", []):
-        check_scope({**event, "subs": ["-"]}, principal.scope)
+        check_scope({**event, "subs": ["-"]}, principal.epics)
 
 
 # -- input classes that broke the session ---------------------------------------------------
@@ -594,12 +718,14 @@ def test_nesting_at_any_depth_never_raises() -> None:
     failures = []
     for depth in _depths():
         nested = "[" * depth + "]" * depth
-        for template in ('{"type": "ping", "nonce": NESTED}',
-                         '{"type": "publish", "ref": NESTED, "items": 5}',
-                         '{"type": "publish", "ref": "r", "items": [{"op": NESTED}]}',
-                         '{"type": "subscribe", "sub": "s", "filter": {"epics": NESTED}}',
-                         '{"type": "subscribe", "sub": "s", "filter": {}, "since": NESTED}',
-                         '{"type": NESTED}'):
+        for template in (
+            '{"type": "ping", "nonce": NESTED}',
+            '{"type": "publish", "ref": NESTED, "items": 5}',
+            '{"type": "publish", "ref": "r", "items": [{"op": NESTED}]}',
+            '{"type": "subscribe", "sub": "s", "filter": {"epics": NESTED}}',
+            '{"type": "subscribe", "sub": "s", "filter": {}, "since": NESTED}',
+            '{"type": NESTED}',
+        ):
             frame = template.replace("NESTED", nested)
             session = Session("c1", ADMIN, OPEN, 0.0)
             try:
@@ -609,13 +735,16 @@ def test_nesting_at_any_depth_never_raises() -> None:
     assert failures == []
 
 
-@pytest.mark.parametrize("frame", [
-    '{"type": "ping", "nonce": "\\ud800"}',
-    '{"type": "subscribe", "sub": "\\udfff", "filter": {}}',
-    '{"type": "subscribe", "sub": "s1", "filter": {"epics": ["\\ud83d"]}}',
-    '{"type": "unsubscribe", "sub": "\\ud800"}',
-    '{"type": "publish", "ref": "\\ud800", "items": 5}',
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "ping", "nonce": "\\ud800"}',
+        '{"type": "subscribe", "sub": "\\udfff", "filter": {}}',
+        '{"type": "subscribe", "sub": "s1", "filter": {"epics": ["\\ud83d"]}}',
+        '{"type": "unsubscribe", "sub": "\\ud800"}',
+        '{"type": "publish", "ref": "\\ud800", "items": 5}',
+    ],
+)
 def test_lone_surrogates_are_refused_or_never_sent(frame: str) -> None:
     hub = seeded_hub(Stream())
     session = Session("c1", ADMIN, OPEN, 0.0)
@@ -625,10 +754,12 @@ def test_lone_surrogates_are_refused_or_never_sent(frame: str) -> None:
 def test_publish_with_a_lone_surrogate_is_a_bad_request() -> None:
     hub = seeded_hub(Stream())
     session = Session("c1", ADMIN, OPEN, 0.0)
-    frame = '{"type": "publish", "ref": "p", "items": [{"op": "upsert", ' \
-            '"story": {"id": "S-1", "title": "\\udc00"}}]}'
+    frame = (
+        '{"type": "publish", "ref": "p", "items": [{"op": "upsert", '
+        '"story": {"id": "S-1", "title": "\\udc00"}}]}'
+    )
     outcome, replies = answers(session, hub, frame)
-    if isinstance(outcome, PublishRequest):
+    if isinstance(outcome, Publish):
         json.dumps(outcome.items, ensure_ascii=False).encode("utf-8")
     else:
         assert replies[0]["code"] == "bad_request"
@@ -640,11 +771,12 @@ def test_non_json_numbers_are_refused_or_never_sent(constant: str) -> None:
     session = Session("c1", ADMIN, OPEN, 0.0)
     answers(session, hub, '{"type": "ping", "nonce": CONSTANT}'.replace("CONSTANT", constant))
     outcome, replies = answers(
-        session, hub,
+        session,
+        hub,
         '{"type": "publish", "ref": "p", "items": [{"op": "upsert", "story": '
         '{"id": "S-1", "points": CONSTANT}}]}'.replace("CONSTANT", constant),
     )
-    if isinstance(outcome, PublishRequest):
+    if isinstance(outcome, Publish):
         json.dumps(outcome.items, allow_nan=False)
     else:
         assert replies[0]["code"] == "bad_request"
@@ -659,13 +791,23 @@ def test_replay_while_a_live_event_is_pending_loses_nothing() -> None:
     hub.publish([stream.put("A", status="done")])  # seq 8
     session = Session("c1", READER, limits(rate_per_s=1, burst=1), 0.0)
     hub.sessions.add(session)
-    answers(session, hub, json.dumps({"type": "subscribe", "sub": "s1",
-                                      "filter": {"epics": ["ui"]}}))
+    answers(
+        session, hub, json.dumps({"type": "subscribe", "sub": "s1", "filter": {"epics": ["ui"]}})
+    )
     hub.publish([stream.put("F-0", epic="ui")])  # seq 9: spends the outbound burst
     hub.publish([stream.put("A", epic="ui")])  # seq 10: pending for s1
-    session.handle_message(json.dumps({"type": "subscribe", "sub": "s2",
-                                       "filter": {"statuses": ["done"]},
-                                       "since": {"epoch": EPOCH, "seq": 7}}), 0.0, hub)
+    session.handle_message(
+        json.dumps(
+            {
+                "type": "subscribe",
+                "sub": "s2",
+                "filter": {"statuses": ["done"]},
+                "since": {"epoch": EPOCH, "seq": 7},
+            }
+        ),
+        0.0,
+        hub,
+    )
     events = [m for m in drain(session) if m["type"] in EVENT_TYPES]
     last_a = [e for e in events if e["story_id"] == "A"]
     assert last_a, "no event for A at all"
@@ -681,7 +823,7 @@ def test_api_long_poll_never_waits_past_its_cap(monkeypatch: pytest.MonkeyPatch)
 
     async def run(query: str) -> Any:
         hub = seeded_hub(Stream())
-        api = Api(hub, lambda story_id: None)
+        api = Api(hub, Bodies(lambda story_id: None))
         return await asyncio.wait_for(api.handle("/api/events?" + query, READER), 3)
 
     for query in ("wait=inf", "wait=1e999", "wait=-inf", "wait=nan", "wait=NaN"):

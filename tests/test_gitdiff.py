@@ -42,12 +42,14 @@ BUNDLES = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def story_text(
-    story_id: str, status: str = "draft", title: str | None = None, epic: str = "core",
+    story_id: str,
+    status: str = "draft",
+    title: str | None = None,
+    epic: str = "core",
     body: str = "Some body.\n",
 ) -> str:
     title = title or f"Story {story_id}"
-    return (f"---\nid: {story_id}\ntitle: {title}\nstatus: {status}\nepic: {epic}\n---\n\n"
-            f"{body}")
+    return f"---\nid: {story_id}\ntitle: {title}\nstatus: {status}\nepic: {epic}\n---\n\n{body}"
 
 
 class GitRepo:
@@ -60,8 +62,12 @@ class GitRepo:
 
     def git(self, *args: str, cwd: Path | None = None) -> str:
         done = subprocess.run(
-            ["git", *args], cwd=cwd or self.root, capture_output=True, text=True,
-            env={**os.environ, **GIT_ENV}, check=True,
+            ["git", *args],
+            cwd=cwd or self.root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **GIT_ENV},
+            check=True,
         )
         return done.stdout.strip()
 
@@ -118,7 +124,9 @@ def test_parse_raw_diff_with_rename_and_delete() -> None:
     ).encode()
     changes = parse_raw_diff(raw)
     assert [(c.status, c.path, c.old_path) for c in changes] == [
-        ("M", "a.md", None), ("R", "new.md", "old.md"), ("D", "gone.md", None),
+        ("M", "a.md", None),
+        ("R", "new.md", "old.md"),
+        ("D", "gone.md", None),
     ]
 
 
@@ -200,7 +208,9 @@ def test_working_tree_includes_untracked_files(tmp_path: Path) -> None:
     repo.story("ignored/S-8.md", "S-8")  # ignored by git: not part of the diff
     result = diff_revisions(repo.root, head)
     assert types_of(result) == {
-        "S-5": "story.transitioned", "S-7": "story.created", "S-6": "story.deleted",
+        "S-5": "story.transitioned",
+        "S-7": "story.created",
+        "S-6": "story.deleted",
     }
     assert result.source == {"kind": "git", "from": head, "to": None, "author": None}
 
@@ -272,12 +282,25 @@ def test_real_history_diffs_agree_with_the_trees(tmp_path: Path) -> None:
     """Replay real commits: the index the diffs build must be the index of each tree."""
     root = tmp_path / "ariadne"
     subprocess.run(
-        ["git", "clone", "-q", "-b", "backlog-only",
-         str(BUNDLES / "ariadne-backlog-history.bundle"), str(root)],
-        check=True, env={**os.environ, **GIT_ENV},
+        [
+            "git",
+            "clone",
+            "-q",
+            "-b",
+            "backlog-only",
+            str(BUNDLES / "ariadne-backlog-history.bundle"),
+            str(root),
+        ],
+        check=True,
+        env={**os.environ, **GIT_ENV},
     )
-    revs = subprocess.run(["git", "rev-list", "--reverse", "--first-parent", "HEAD"], cwd=root,
-                          capture_output=True, text=True, check=True).stdout.split()[:12]
+    revs = subprocess.run(
+        ["git", "rev-list", "--reverse", "--first-parent", "HEAD"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[:12]
     git = Git(root)
     kinds: Counter[str] = Counter()
     for rev_a, rev_b in itertools.pairwise(revs):

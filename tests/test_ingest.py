@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from storywatch.eventlog import IndexRecords, LogState
 from storywatch.events import Draft, Event, Json
 from storywatch.index import Index
 from storywatch.ingest import Ingest
-from storywatch.log import IndexRecords
 from storywatch.log.memory import MemoryLog
 from storywatch.story import parse_text
 
@@ -45,12 +45,25 @@ def scan(
 ) -> tuple[Ingest, RecordingLog, Json, list[Event]]:
     log = RecordingLog()
     delivered: list[Event] = []
-    ingest = Ingest(Index(), log, delivered.extend, persist_index=persist)
+    ingest = Ingest(Index(), log, persist_index=persist)
     changes = {p: None if t is None else parse_text(p, t) for p, t in FILES.items()}
     source: Json = {"kind": "fs", "batch": "startup", "startup": True}
-    returned = asyncio.run(ingest.apply(changes, source, emit=emit, reseed=reseed))
-    assert returned == delivered
+
+    async def run() -> list[Event]:
+        following = asyncio.create_task(log.follow(0, delivered.extend, no_reset))
+        await asyncio.sleep(0)
+        try:
+            return await ingest.apply(changes, source, emit=emit, reseed=reseed)
+        finally:
+            following.cancel()
+
+    returned = asyncio.run(run())
+    assert returned == delivered  # the log's follower got exactly what was appended
     return ingest, log, source, delivered
+
+
+async def no_reset(state: LogState) -> None:
+    raise AssertionError("a memory log never loses its history")
 
 
 def test_silent_scan_indexes_like_the_emitting_one_and_persists_the_same_records() -> None:

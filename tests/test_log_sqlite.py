@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from storywatch.errors import BackendError, StateError
+from storywatch.eventlog import LogState
 from storywatch.events import Draft, Event
-from storywatch.log import LogState
 from storywatch.log.sqlite import SCHEMA_VERSION, SqliteLog
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -28,8 +28,9 @@ SOURCE = {"kind": "watch", "commit": None}
 
 def draft(n: int, status: str = "todo") -> Draft:
     story = {"id": f"S-{n}", "title": f"Story {n} — ünïcode", "status": status}
-    return Draft(type="story.created", story_id=f"S-{n}", path=f"stories/{n}.md",
-                 story=story, changes={})
+    return Draft(
+        type="story.created", story_id=f"S-{n}", path=f"stories/{n}.md", story=story, changes={}
+    )
 
 
 def record(n: int, status: str = "todo") -> dict[str, object]:
@@ -114,8 +115,9 @@ async def test_append_then_reopen_keeps_epoch_seq_and_events(state_path: Path) -
 
 async def test_concurrent_appends_are_serialized_in_call_order(state_path: Path) -> None:
     async with opened(state_path) as (log, _):
-        batches = await asyncio.gather(*(log.append([draft(i), draft(i)], SOURCE)
-                                         for i in range(20)))
+        batches = await asyncio.gather(
+            *(log.append([draft(i), draft(i)], SOURCE) for i in range(20))
+        )
         seqs = [e.seq for batch in batches for e in batch]
         assert seqs == list(range(1, 41))
         assert [batch[0].story_id for batch in batches] == [f"S-{i}" for i in range(20)]
@@ -129,7 +131,12 @@ async def test_buffer_is_trimmed_to_buffer_size(state_path: Path) -> None:
             await log.append([draft(n), draft(n + 1), draft(n + 2)], SOURCE)
     with raw(state_path) as conn:
         assert [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")] == [
-            8, 9, 10, 11, 12]
+            8,
+            9,
+            10,
+            11,
+            12,
+        ]
     async with opened(state_path, buffer_size=5) as (_, state):
         assert state.seq == 12
         assert [e.seq for e in state.recent] == [8, 9, 10, 11, 12]
@@ -141,18 +148,24 @@ async def test_buffer_is_trimmed_to_buffer_size(state_path: Path) -> None:
 
 async def test_index_records_persist_update_and_delete(state_path: Path) -> None:
     async with opened(state_path) as (log, _):
-        await log.append([draft(1), draft(2)], SOURCE,
-                         {"stories/1.md": record(1), "stories/2.md": record(2)})
+        await log.append(
+            [draft(1), draft(2)], SOURCE, {"stories/1.md": record(1), "stories/2.md": record(2)}
+        )
         # no events, only index records: still persisted
         assert await log.append([], SOURCE, {"stories/3.md": record(3)}) == []
         assert await log.append([], SOURCE) == []
     async with opened(state_path) as (log, state):
         assert state.seq == 2
-        assert state.index == {"stories/1.md": record(1), "stories/2.md": record(2),
-                               "stories/3.md": record(3)}
-        await log.append([draft(1, "done")], SOURCE,
-                         {"stories/1.md": record(1, "done"), "stories/2.md": None,
-                          "stories/gone.md": None})
+        assert state.index == {
+            "stories/1.md": record(1),
+            "stories/2.md": record(2),
+            "stories/3.md": record(3),
+        }
+        await log.append(
+            [draft(1, "done")],
+            SOURCE,
+            {"stories/1.md": record(1, "done"), "stories/2.md": None, "stories/gone.md": None},
+        )
     async with opened(state_path) as (_, state):
         assert state.seq == 3
         assert state.index == {"stories/1.md": record(1, "done"), "stories/3.md": record(3)}
@@ -199,13 +212,17 @@ async def test_gitignore_in_default_folder(state_path: Path, tmp_path: Path) -> 
 
 async def make_history(path: Path, count: int = 200) -> str:
     async with opened(path, buffer_size=1000) as (log, state):
-        await log.append([draft(n) for n in range(count)], SOURCE,
-                         {f"stories/{n}.md": record(n) for n in range(count)})
+        await log.append(
+            [draft(n) for n in range(count)],
+            SOURCE,
+            {f"stories/{n}.md": record(n) for n in range(count)},
+        )
         return state.epoch
 
 
-async def assert_moved_aside(path: Path, caplog: pytest.LogCaptureFixture,
-                             old_epoch: str | None = None) -> None:
+async def assert_moved_aside(
+    path: Path, caplog: pytest.LogCaptureFixture, old_epoch: str | None = None
+) -> None:
     with caplog.at_level(logging.WARNING, logger="storywatch.log.sqlite"):
         async with opened(path) as (log, state):
             assert state.fresh and state.seq == 0 and state.recent == [] and state.index == {}
@@ -227,8 +244,9 @@ async def assert_moved_aside(path: Path, caplog: pytest.LogCaptureFixture,
         assert not state.fresh and state.seq == 1
 
 
-async def test_random_bytes_file_is_moved_aside(state_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_random_bytes_file_is_moved_aside(
+    state_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     state_path.parent.mkdir(parents=True)
     junk = os.urandom(8192)
     state_path.write_bytes(junk)
@@ -236,8 +254,9 @@ async def test_random_bytes_file_is_moved_aside(state_path: Path,
     assert aside_files(state_path)[0].read_bytes() == junk
 
 
-async def test_truncated_file_is_moved_aside(state_path: Path,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+async def test_truncated_file_is_moved_aside(
+    state_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     epoch = await make_history(state_path)
     size = state_path.stat().st_size
     with open(state_path, "r+b") as f:
@@ -245,8 +264,9 @@ async def test_truncated_file_is_moved_aside(state_path: Path,
     await assert_moved_aside(state_path, caplog, epoch)
 
 
-async def test_foreign_sqlite_db_is_moved_aside(state_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_foreign_sqlite_db_is_moved_aside(
+    state_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     state_path.parent.mkdir(parents=True)
     with raw(state_path) as conn:
         conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
@@ -256,8 +276,9 @@ async def test_foreign_sqlite_db_is_moved_aside(state_path: Path,
         assert conn.execute("SELECT name FROM users").fetchall() == [("ada",)]
 
 
-async def test_garbled_event_json_is_moved_aside(state_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+async def test_garbled_event_json_is_moved_aside(
+    state_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     epoch = await make_history(state_path, count=3)
     with raw(state_path) as conn:
         conn.execute("UPDATE events SET data = '{not json' WHERE seq = 2")
@@ -267,8 +288,9 @@ async def test_garbled_event_json_is_moved_aside(state_path: Path,
 async def test_newer_schema_is_refused_and_left_alone(state_path: Path) -> None:
     await make_history(state_path, count=3)
     with raw(state_path) as conn:
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                     (SCHEMA_VERSION + 1,))
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,)
+        )
     before = state_path.read_bytes()
     log = SqliteLog(state_path, buffer_size=10)
     with pytest.raises(StateError, match=r"newer schema.*refusing to overwrite"):
@@ -340,8 +362,9 @@ def run_and_kill(path: Path, out: Path, seed: int, delay: float) -> dict[int, ob
     """Start an appending child, SIGKILL it ``delay`` s after it opened; what it printed."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     with open(out, "w") as stdout:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(seed)],
-                                 stdout=stdout, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(path), str(seed)], stdout=stdout, env=env
+        )
     try:
         deadline = time.monotonic() + 20
         while not out.read_text().startswith("ready"):
@@ -368,7 +391,8 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Pa
     last = 0
     for round_, delay in enumerate((0.0, 0.04, 0.09, 0.17, 0.26)):
         printed = await asyncio.to_thread(
-            run_and_kill, path, tmp_path / f"out{round_}.txt", round_, delay)
+            run_and_kill, path, tmp_path / f"out{round_}.txt", round_, delay
+        )
         async with opened(path, buffer_size=1_000_000) as (_, state):
             assert not state.fresh
             epoch = epoch or state.epoch

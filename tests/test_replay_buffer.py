@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from storywatch.eventlog import new_epoch
 from storywatch.events import Draft, Event, number
-from storywatch.log import ReplayBuffer, new_epoch
+from storywatch.replay import ReplayBuffer
 
 EPOCH = "9f3c1a0b"
 

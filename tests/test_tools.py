@@ -157,7 +157,11 @@ def test_diff_human_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     code, out, _ = run(capsys, "diff", base, head, "--repo", str(repo.root), "--json")
     events = [json.loads(line) for line in out.splitlines()]
     assert sorted(e["type"].removeprefix("story.") for e in events) == [
-        "created", "deleted", "moved", "transitioned", "updated",
+        "created",
+        "deleted",
+        "moved",
+        "transitioned",
+        "updated",
     ]
     for event in events:
         assert not {"seq", "epoch", "subs"} & set(event)
@@ -209,7 +213,8 @@ def test_batches_respect_item_and_byte_limits() -> None:
     small = batches([[story]] * 10, source, 4000)
     assert all(
         len(json.dumps({"type": "publish", "ref": "publish-1", "items": b, "source": source}))
-        <= 4000 for b in small
+        <= 4000
+        for b in small
     )
     assert sum(len(b) for b in small) == 10 and len(small) > 1
     pair = [{"op": "delete", "id": "M"}, {"op": "upsert", "story": {"id": "M"}}]
@@ -226,15 +231,37 @@ def test_publish_needs_a_token_and_a_redis_backend(
     code, _, err = run(capsys, "publish", "--from", base, "--to", head, "--repo", str(repo.root))
     assert code == 2 and "no token" in err
     monkeypatch.setitem(sys.modules, "storywatch.log.redis", None)  # import fails
-    code, _, err = run(capsys, "publish", "--from", base, "--to", head, "--repo",
-                       str(repo.root), "--redis-url", "redis://127.0.0.1:1/0")
+    code, _, err = run(
+        capsys,
+        "publish",
+        "--from",
+        base,
+        "--to",
+        head,
+        "--repo",
+        str(repo.root),
+        "--redis-url",
+        "redis://127.0.0.1:1/0",
+    )
     assert code == 2 and "redis backend not available" in err
 
 
 def test_publish_to_nothing_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo, base, head = branch_fixture(tmp_path / "repo")
-    code, _, err = run(capsys, "publish", "--from", base, "--to", head, "--repo",
-                       str(repo.root), "--url", "http://127.0.0.1:9", "--token", "t")
+    code, _, err = run(
+        capsys,
+        "publish",
+        "--from",
+        base,
+        "--to",
+        head,
+        "--repo",
+        str(repo.root),
+        "--url",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+    )
     assert code == 1 and "cannot connect to ws://127.0.0.1:9/ws" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -243,16 +270,29 @@ def test_publish_of_an_empty_range_sends_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     repo, _base, head = branch_fixture(tmp_path / "repo")
-    code, out, _ = run(capsys, "publish", "--from", head, "--to", head, "--repo",
-                       str(repo.root), "--url", "http://127.0.0.1:9", "--token", "t")
+    code, out, _ = run(
+        capsys,
+        "publish",
+        "--from",
+        head,
+        "--to",
+        head,
+        "--repo",
+        str(repo.root),
+        "--url",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+    )
     assert code == 0 and "nothing to publish" in out
 
 
 # -- tail and token --------------------------------------------------------------------
 
 
-def test_tail_needs_a_token(capsys: pytest.CaptureFixture[str],
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tail_needs_a_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("STORYWATCH_TOKEN", raising=False)
     code, _, err = run(capsys, "tail")
     assert code == 2 and "no token" in err
@@ -262,14 +302,17 @@ def test_tail_needs_a_token(capsys: pytest.CaptureFixture[str],
 
 
 def test_token_new_prints_the_token_and_its_entry(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "token", "new", "ci", "--scope", "publish", "--scope", "read",
-                       "--epic", "api")
+    code, out, _ = run(
+        capsys, "token", "new", "ci", "--scope", "publish", "--scope", "read", "--epic", "api"
+    )
     assert code == 0
     token = out.splitlines()[0].removeprefix("token: ")
     (entry,) = _entries(out)
     assert entry == {
-        "name": "ci", "sha256": hashlib.sha256(token.encode()).hexdigest(),
-        "scopes": ["publish", "read"], "epics": ["api"],
+        "name": "ci",
+        "sha256": hashlib.sha256(token.encode()).hexdigest(),
+        "scopes": ["publish", "read"],
+        "epics": ["api"],
     }
     code, out, _ = run(capsys, "token", "new", "viewer")
     (entry,) = _entries(out)
@@ -284,14 +327,29 @@ def _entries(out: str) -> list[dict[str, Any]]:
 
 
 def test_describe_event() -> None:
-    moved = {"type": "story.moved", "story_id": "A", "path": "b.md", "old_path": "a.md",
-             "story": {"title": "T"}}
+    moved = {
+        "type": "story.moved",
+        "story_id": "A",
+        "path": "b.md",
+        "old_path": "a.md",
+        "story": {"title": "T"},
+    }
     assert tools.describe_event(moved) == "story.moved         A  a.md → b.md  T"
-    updated = {"type": "story.updated", "story_id": "A", "changes": {"title": {}},
-               "body_changed": True, "story": {}}
+    updated = {
+        "type": "story.updated",
+        "story_id": "A",
+        "changes": {"title": {}},
+        "body_changed": True,
+        "story": {},
+    }
     assert tools.describe_event(updated).endswith("A  (title, body)")
-    invalid = {"type": "story.invalid", "story_id": "A", "path": "a.md", "story": {},
-               "error": {"reason": "yaml", "message": "bad", "line": 3}}
+    invalid = {
+        "type": "story.invalid",
+        "story_id": "A",
+        "path": "a.md",
+        "story": {},
+        "error": {"reason": "yaml", "message": "bad", "line": 3},
+    }
     assert "a.md:3: yaml: bad" in tools.describe_event(invalid)
 
 

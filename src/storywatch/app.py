@@ -1,14 +1,20 @@
-"""Wiring and lifecycle: open the log → index → initial scan → watcher → server; and back.
+"""Wiring and lifecycle: open the log → index → follow → initial scan → watcher → server.
+
+The one way an event travels: file → story → index/diff (the ingest, the write side) →
+event log → its followers (the hub, which fans out to the sessions) → sockets. The app
+builds each part and hands the read side what it needs through small ports
+(:mod:`storywatch.ports`); the parts never reach into each other.
 
 Startup order matters: the server answers first (``/healthz`` says ``starting`` or
-``degraded`` while the backend is not there yet), the watcher is observing before the
-initial scan reads the files, so nothing changed during the scan is missed, and the app is
-ready only when both are done. Shutdown is the reverse: stop accepting, close clients with
-1001, stop the watcher, flush and close the log.
+``degraded`` while the backend is not there yet), the hub follows the log before anything
+is appended, the watcher is observing before the initial scan reads the files (so nothing
+changed during the scan is missed), and the app is ready only when all that is done.
+Shutdown is the reverse: stop accepting, close clients with 1001, stop the watcher, flush
+and close the log.
 
 With Redis, every server follows the shared stream, and processes that may watch compete
-for the watcher lock; the holder diffs its files against the shared index when it takes
-over, so no change is lost or reported twice.
+for the watcher lock (:class:`~storywatch.leader.Leadership`); the holder diffs its files
+against the shared index when it takes over, so no change is lost or reported twice.
 """
 
 from __future__ import annotations
@@ -22,24 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from storywatch.auth import Authenticator, hash_token, new_token
-from storywatch.config import Settings, TokenEntry
+from storywatch.config import Settings
 from storywatch.errors import BackendError, ConfigError
+from storywatch.eventlog import EventLog, LogState, SharedLog
 from storywatch.events import Json
 from storywatch.hub import Hub
 from storywatch.index import Index
 from storywatch.ingest import Ingest
-from storywatch.log import EventLog, LogState, ReplayBuffer, open_log
-from storywatch.metrics import Metrics
+from storywatch.leader import Leadership
+from storywatch.log import open_log
+from storywatch.metrics import Metrics, events_counter
 from storywatch.paths import PathRules
+from storywatch.replay import ReplayBuffer
 from storywatch.repo import Repo, parse_tree, start_workers
-from storywatch.server import StoryServer, events_counter
+from storywatch.server import StoryServer
+from storywatch.values import TokenEntry
 from storywatch.watcher import Watcher
 
 logger = logging.getLogger(__name__)
 
 GENERATED_TOKEN_NAME = "local"
-LOCK_RETRY_S = 1.0
-RENEW_EVERY_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -98,13 +106,21 @@ class App:
         self.metrics = Metrics()
         self.ready = False
         self.log: EventLog = open_log(settings)
-        self.shared = self.log.kind == "redis"
+        self.shared: SharedLog | None = self.log if isinstance(self.log, SharedLog) else None
         self.hub = Hub(ReplayBuffer(settings.backend.buffer_size, "", 0))
         self.hub.listeners.append(events_counter(self.metrics))
-        self.ingest: Ingest | None = None
+        self.ingest = Ingest(
+            Index(),
+            self.log,
+            persist_index=self.log.kind != "memory",
+            refresh=self._shared_index if self.shared is not None else None,
+        )
+        self.ingest.on_parse_error = lambda reason: self.metrics.parse_errors.labels(reason).inc()
+        self.leadership: Leadership | None = None
+        if self.shared is not None and watch:
+            self.leadership = Leadership(self.shared, self._lead, self._stop_watching)
         self.watcher: Watcher | None = None
         self.server: StoryServer | None = None
-        self.leading = False
         self._watch_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -118,30 +134,24 @@ class App:
                 self.settings,
                 self.hub,
                 self.metrics,
-                ingest=None,
+                publisher=self.ingest,
+                bodies=self.ingest,
                 health=self.health,
-                body_of=self._body_of,
                 authenticator=Authenticator(self.tokens),
                 accepting=lambda: self.ready,
             )
             await self.server.start()
         state = await self._open_log()
-        index = Index.from_records(state.index)
-        self.hub.load(state.epoch, state.seq, state.recent, _stories_of(index))
-        if self.shared:
-            self.ingest = Ingest(index, self.log, None, refresh=self._shared_index)
-        else:
-            persist = self.log.kind != "memory"
-            self.ingest = Ingest(index, self.log, self.hub.publish, persist_index=persist)
-        self.ingest.on_parse_error = lambda reason: self.metrics.parse_errors.labels(reason).inc()
-        if self.shared:
-            self._spawn(self._follow(state.seq))
-            if self.watch:
-                self._spawn(self._lead())
+        self.ingest.reset(Index.from_records(state.index), state.seq)
+        self.hub.load(state.epoch, state.seq, state.recent, self.ingest.stories())
+        # The hub is a follower of the log like any other reader; it follows from the
+        # state it loaded, so nothing appended from now on can slip past it.
+        self._spawn(self.log.follow(state.seq, self.hub.publish, self._on_reset))
+        if self.leadership is not None:
+            self._spawn(self.leadership.run())
+            await self.leadership.settled.wait()
         elif self.watch:
             await self._start_watching(fresh=state.fresh)
-        if self.server is not None:
-            self.server.ingest = self.ingest
         self.ready = True
         logger.info(
             "ready: %d stories, epoch %s, seq %d, backend %s",
@@ -158,7 +168,7 @@ class App:
             try:
                 return await self.log.open()
             except BackendError as exc:
-                if not self.shared:
+                if self.shared is None:
                     raise
                 logger.warning("backend unreachable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -167,8 +177,6 @@ class App:
     async def _start_watching(self, *, fresh: bool) -> None:
         """Watch, then scan: changes during the scan are seen by both, and diffed once."""
         s = self.settings
-        if self.ingest is None:
-            return
         repo = Repo(
             s.repo,
             PathRules(s.watch.include, s.watch.exclude),
@@ -180,14 +188,15 @@ class App:
         await self.watcher.running.wait()
         # A big tree is parsed in worker processes: they get ready while the walk goes on.
         walked = await asyncio.to_thread(repo.walk, when_big=start_workers)
-        rels = sorted(set(walked) | set(self.ingest.index.paths()))
+        rels = sorted(set(walked) | set(self.ingest.paths()))
         results = await asyncio.to_thread(parse_tree, repo, rels)
         # With no earlier state there is nothing to tell: index silently (a shared backend
         # gets the whole index). Otherwise what changed while nobody watched is emitted.
         source: Json = {"kind": "fs", "batch": "startup", "startup": True}
-        await self.ingest.apply(results, source, emit=not fresh, reseed=fresh and self.shared)
-        if fresh and not self.shared:
-            self.hub.replace_stories(_stories_of(self.ingest.index))
+        shared = self.shared is not None
+        await self.ingest.apply(results, source, emit=not fresh, reseed=fresh and shared)
+        if fresh:
+            self.hub.replace_stories(self.ingest.stories())
         self.watcher.initial_done.set()
 
     async def _stop_watching(self) -> None:
@@ -204,70 +213,31 @@ class App:
 
     # -- shared (Redis) mode --------------------------------------------------------------
 
-    async def _follow(self, after_seq: int) -> None:
-        follow = getattr(self.log, "follow")  # noqa: B009 - only shared backends have it
-        await follow(after_seq, self.hub.publish, self._on_reset)
+    async def _lead(self, state: LogState, lost: asyncio.Event) -> None:
+        """This process took the watcher lock: diff the files against the shared index."""
+        self.ingest.reset(Index.from_records(state.index), state.seq)
+        self.ingest.on_lost_lead = lost.set
+        logger.info("watcher lock acquired: watching %s", self.settings.repo)
+        await self._start_watching(fresh=not state.index)
 
     async def _on_reset(self, state: LogState) -> None:
-        index = Index.from_records(state.index)
-        self.hub.reset(state.epoch, state.seq, _stories_of(index), state.recent)
+        stories = _stories_of(Index.from_records(state.index))
+        if state.epoch == self.hub.epoch:  # the watcher reseeded the index: same stream
+            self.hub.replace_stories(stories)
+        else:  # history was lost (Redis restarted empty): start over and tell everyone
+            self.hub.reset(state.epoch, state.seq, stories, state.recent)
 
-    async def _shared_index(self) -> Index:
-        load = getattr(self.log, "load")  # noqa: B009
-        state: LogState = await load(0)
-        return Index.from_records(state.index)
-
-    async def _lead(self) -> None:
-        """Compete for the watcher lock; while holding it, watch and keep it renewed."""
-        log: Any = self.log
-        while True:
-            try:
-                acquired = await log.acquire_lock()
-            except BackendError:
-                acquired = False
-            if not acquired:
-                await asyncio.sleep(LOCK_RETRY_S)
-                continue
-            lost = asyncio.Event()
-            try:
-                state: LogState = await log.load(0)
-                if self.ingest is None:
-                    return
-                self.ingest.index = Index.from_records(state.index)
-                self.ingest.on_lost_lead = lost.set
-                logger.info("watcher lock acquired: watching %s", self.settings.repo)
-                self.leading = True
-                await self._start_watching(fresh=not state.index)
-                await self._keep_lock(log, lost)
-            except BackendError as exc:
-                logger.warning("watcher lock: %s", exc)
-            finally:
-                self.leading = False
-                await self._stop_watching()
-            logger.warning("watcher lock lost: this process stops watching")
-
-    async def _keep_lock(self, log: Any, lost: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        renewed = loop.time()
-        ttl = 10.0
-        while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), RENEW_EVERY_S)
-            if lost.is_set():
-                return
-            try:
-                if not await log.renew_lock():
-                    return
-                renewed = loop.time()
-            except BackendError:
-                if loop.time() - renewed > ttl:  # another process may hold it by now
-                    return
+    async def _shared_index(self) -> tuple[Index, int]:
+        if self.shared is None:
+            return self.ingest.index, self.ingest.last_seq
+        state = await self.shared.load(0)
+        return Index.from_records(state.index), state.seq
 
     # -- queries and control ------------------------------------------------------------
 
     def health(self) -> tuple[int, Json]:
         backend_ok = self.log.healthy
-        if not backend_ok and (self.ready or self.shared):
+        if not backend_ok and (self.ready or self.shared is not None):
             status = "degraded"
         else:
             status = "ok" if self.ready else "starting"
@@ -280,10 +250,6 @@ class App:
             "backend": {"kind": self.log.kind, "ok": backend_ok},
         }
         return (200 if status == "ok" else 503), payload
-
-    def _body_of(self, story_id: str) -> str | None:
-        story = self.ingest.index.get(story_id) if self.ingest else None
-        return story.body if story else None
 
     def reload_tokens(self, entries: tuple[TokenEntry, ...]) -> int:
         self.tokens = entries
@@ -303,11 +269,8 @@ class App:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._stop_watching()
-        if self.ingest is not None:
-            await self.ingest.close()
-            async with self.ingest.lock:  # let an in-flight append finish
-                await self.log.close()
-        else:
+        await self.ingest.close()
+        async with self.ingest.lock:  # let an in-flight append finish
             await self.log.close()
 
 

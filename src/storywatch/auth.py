@@ -12,9 +12,7 @@ import secrets
 from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
-from storywatch.config import TokenEntry
-from storywatch.filters import Scope
-from storywatch.session import Principal
+from storywatch.values import TokenEntry
 
 
 def hash_token(token: str) -> str:
@@ -38,10 +36,6 @@ class Authenticator:
             if hmac.compare_digest(digest, entry.sha256):
                 found = entry
         return found
-
-
-def principal_of(entry: TokenEntry) -> Principal:
-    return Principal(name=entry.name, scopes=entry.scopes, scope=Scope(entry.epics))
 
 
 def token_from(path: str, authorization: str | None) -> str | None:

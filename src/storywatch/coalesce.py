@@ -15,6 +15,8 @@ from storywatch.events import Event, Json, text_frame
 from storywatch.filters import Scope
 from storywatch.index import change_type, field_changes
 
+ENTRY_OVERHEAD = 64  # `subs`, `replay`, the frame header: a rough, fixed allowance
+
 
 @dataclass(frozen=True, slots=True)
 class View:
@@ -84,6 +86,8 @@ class Pending:
     type: str = field(init=False, repr=False, compare=False)
     story_id: str = field(init=False, repr=False, compare=False)
     live: bool = field(init=False, repr=False, compare=False)  # counts as a delivery
+    # About the bytes it takes in an outbox (the connection's byte budget counts it).
+    size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         data = self.data
@@ -91,6 +95,10 @@ class Pending:
         self.type = str(data["type"])
         self.story_id = str(data["story_id"])
         self.live = self.event is not None and not self.replay
+        if self.event is not None:
+            self.size = len(self.event.encoded()) + ENTRY_OVERHEAD
+        else:  # a rewritten or merged entry: its own encoding
+            self.size = len(json.dumps(data, ensure_ascii=False)) + ENTRY_OVERHEAD
 
     @classmethod
     def of(cls, item: Event | View, subs: tuple[str, ...], replay: bool) -> Pending:

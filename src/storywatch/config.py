@@ -19,6 +19,7 @@ from typing import Any, Final
 import yaml
 
 from storywatch.errors import ConfigError
+from storywatch.values import SCOPES, Limits, TokenEntry
 
 DEFAULTS: Final[dict[str, Any]] = {
     "repo": ".",
@@ -57,6 +58,7 @@ DEFAULTS: Final[dict[str, Any]] = {
         "max_connections": 10_000,
         "max_connections_per_token": 200,
         "write_timeout_s": 30,
+        "max_queued_bytes": 8 * 1024 * 1024,
     },
     "board": {"statuses": []},
     "log": {"format": "text", "level": "info"},
@@ -83,6 +85,7 @@ POSITIVE: Final = {
     "limits.max_connections",
     "limits.max_connections_per_token",
     "limits.write_timeout_s",
+    "limits.max_queued_bytes",
 }
 FRACTIONAL: Final = {
     "server.heartbeat_s",
@@ -90,17 +93,8 @@ FRACTIONAL: Final = {
     "limits.inbound_per_s",
     "limits.write_timeout_s",
 }
-SCOPES: Final = ("read", "publish", "admin")
 TOKEN_KEYS: Final = ("name", "sha256", "scopes", "epics")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True, slots=True)
-class TokenEntry:
-    name: str
-    sha256: str
-    scopes: frozenset[str]
-    epics: frozenset[str] | None  # None: every epic
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,20 +125,6 @@ class BackendSettings:
     redis_url: str
     stream: str
     buffer_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    rate_per_s: float
-    burst: int
-    max_pending: int
-    inbound_per_s: float
-    inbound_burst: int
-    max_message_bytes: int
-    max_subscriptions: int
-    max_connections: int
-    max_connections_per_token: int
-    write_timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,10 +102,9 @@ class Event:
         return story
 
     def encoded(self) -> str:
-        """The JSON object without its closing brace, computed once."""
+        """The event as compact JSON (UTF-8 text, not ASCII-escaped), computed once."""
         if not self._encoded:
-            text = json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
-            self._encoded.append(text[:-1])
+            self._encoded.append(json.dumps(self.data, ensure_ascii=False, separators=(",", ":")))
         return self._encoded[0]
 
     def frame(self, subs: tuple[str, ...] = (), *, replay: bool = False) -> str:
@@ -118,7 +117,8 @@ class Event:
             tail = ',"subs":' + json.dumps(list(subs), ensure_ascii=False, separators=(",", ":"))
             if replay:
                 tail += ',"replay":true'
-            frame = self._frames[key] = self.encoded() + tail + "}"
+            # Spliced onto the shared encoding: its closing brace moves after the tail.
+            frame = self._frames[key] = self.encoded()[:-1] + tail + "}"
         return frame
 
     def frame_bytes(self, subs: tuple[str, ...] = (), *, replay: bool = False) -> bytes:

@@ -7,10 +7,13 @@ handler that reveals stories filters them through the caller's token scope first
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final
@@ -20,7 +23,8 @@ from storywatch.coalesce import transformed
 from storywatch.events import Event, Json
 from storywatch.filters import FILTER_KEYS, Filter, FilterError
 from storywatch.hub import Hub
-from storywatch.session import Principal
+from storywatch.ports import StoryBodies
+from storywatch.values import Principal
 
 MAX_WAIT_S: Final = 25.0
 DEFAULT_WAIT_S: Final = 20.0
@@ -51,11 +55,11 @@ def query_filter(query: Mapping[str, list[str]]) -> Filter:
 
 
 class Api:
-    """``/api/*`` for one hub; ``body_of`` finds a story's markdown body by id."""
+    """``/api/*`` for one hub; ``bodies`` finds a story's markdown body by id."""
 
-    def __init__(self, hub: Hub, body_of: Callable[[str], str | None]) -> None:
+    def __init__(self, hub: Hub, bodies: StoryBodies) -> None:
         self.hub = hub
-        self.body_of = body_of
+        self.bodies = bodies
         self._new_events = asyncio.Event()
         hub.listeners.append(self._wake)
 
@@ -80,16 +84,16 @@ class Api:
         return error_reply(404, "not_found", f"no such endpoint: {parts.path}")
 
     def stories(self, principal: Principal, flt: Filter) -> HttpReply:
-        scope = principal.scope
+        scope = principal.epics
         stories = [s for s in self.hub.stories() if scope.sees(s) and flt.matches_story(s)]
         stories.sort(key=lambda s: str(s.get("id")))
         return json_reply(200, {"epoch": self.hub.epoch, "seq": self.hub.seq, "stories": stories})
 
     def story(self, story_id: str, principal: Principal) -> HttpReply:
         story = self.hub.story(story_id)
-        if story is None or not principal.scope.sees(story):
+        if story is None or not principal.epics.sees(story):
             return error_reply(404, "not_found", "no such story")
-        body = self.body_of(story_id)
+        body = self.bodies.body_of(story_id)
         return json_reply(200, {**story, "body": body if body is not None else ""})
 
     async def events(
@@ -127,22 +131,51 @@ class Api:
     def _visible(self, events: list[Event], principal: Principal, flt: Filter) -> list[Json]:
         out = []
         for event in events:
-            view = transformed(event, principal.scope)
+            view = transformed(event, principal.epics)
             if view is not None and flt.matches(view.type, view.before, view.after):
                 out.append(view.data if view.data is not None else event.data)
         return out
 
 
-def board_page(statuses: Sequence[str] = ()) -> bytes:
-    """The board, with the configured column order (``board.statuses``) filled in."""
+@dataclass(frozen=True)
+class BoardPage:
+    """The board, with the configured column order filled in, and its Content-Security-
+    Policy: scripts only by the hashes of the page's own inline blocks, connections only to
+    its own origin (a story repo is shared content: a title must never run as code)."""
+
+    body: bytes
+    script_hashes: tuple[str, ...]
+
+    def csp(self, host: str | None, tls: bool) -> str:
+        connect = "'self'"
+        if host is not None and _HOST.fullmatch(host):
+            connect += f" {'wss' if tls else 'ws'}://{host}"
+        scripts = " ".join(f"'sha256-{h}'" for h in self.script_hashes) or "'none'"
+        return (
+            f"default-src 'self'; script-src {scripts}; style-src 'self' 'unsafe-inline'; "
+            f"img-src 'self' data:; connect-src {connect}; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'; object-src 'none'"
+        )
+
+
+_HOST: Final = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_INLINE_SCRIPT: Final = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S)
+
+
+def board_page(statuses: Sequence[str] = ()) -> BoardPage:
+    """The board page (``board.statuses`` filled in) and the hashes its CSP allows."""
     try:
         page = resources.files("storywatch").joinpath("board/index.html").read_bytes()
     except (FileNotFoundError, OSError):
-        return b"<!doctype html><title>storywatch</title><p>The board is not installed.</p>"
+        page = b"<!doctype html><title>storywatch</title><p>The board is not installed.</p>"
     if statuses:
         config = json.dumps({"statuses": list(statuses)}).replace("</", "<\\/").encode()
         page = page.replace(b'{"statuses": []}', config, 1)
-    return page
+    hashes = tuple(
+        base64.b64encode(hashlib.sha256(block).digest()).decode()
+        for block in _INLINE_SCRIPT.findall(page)
+    )
+    return BoardPage(page, hashes)
 
 
 def _first(query: Mapping[str, list[str]], key: str) -> str | None:

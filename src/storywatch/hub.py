@@ -1,6 +1,8 @@
 """The hub: current state, the replay window and fan-out to sessions — pure.
 
-Every event passes here once, in seq order: it updates the stories used for snapshots,
+The hub is a follower of the event log (the app wires :meth:`Hub.publish` to
+``EventLog.follow``). Every event passes here once, in seq order: it updates the stories
+used for snapshots,
 enters the replay buffer and is offered to every session. Sessions with the same scope and
 subscriptions form a group that shares one outbox entry per event, and matching is cached
 per distinct filter, so a thousand clients with the same filter cost one match.
@@ -15,7 +17,7 @@ from typing import Any
 from storywatch.coalesce import Pending
 from storywatch.events import Event, Json
 from storywatch.filters import Filter
-from storywatch.log import ReplayBuffer
+from storywatch.replay import ReplayBuffer
 from storywatch.session import Group, Session
 
 
@@ -28,7 +30,7 @@ class Hub:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.buffer = buffer
-        self.clock = clock  # the sessions' token buckets run on this clock
+        self.clock = clock  # the one clock of the read side: sessions, token buckets, GC pacing
         self._stories: dict[str, Json] = stories or {}
         self.sessions: set[Session] = set()
         self.listeners: list[Callable[[list[Event]], None]] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,7 +13,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+from storywatch.events import Event
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "events_counter"]
 
 
 class Metrics:
@@ -66,3 +70,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def events_counter(metrics: Metrics) -> Callable[[list[Event]], None]:
+    """A hub listener counting every event once, by type."""
+
+    def count(events: list[Event]) -> None:
+        for event in events:
+            metrics.events.labels(event.type).inc()
+        if events:
+            metrics.seq.set(events[-1].seq)
+            metrics.batch_size.observe(len(events))
+
+    return count

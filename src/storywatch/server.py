@@ -24,17 +24,22 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
+from websockets.server import ServerProtocol
+from websockets.typing import StatusLike, Subprotocol
 
 from storywatch import SERVER_NAME
-from storywatch.auth import Authenticator, origin_allowed, principal_of, token_from
-from storywatch.config import Settings, TokenEntry
-from storywatch.events import Event, Json, utc_now_iso
+from storywatch.auth import Authenticator, origin_allowed, token_from
+from storywatch.config import Settings
+from storywatch.errors import PublishRejected
+from storywatch.events import Json, utc_now_iso
 from storywatch.http import Api, HttpReply, board_page, error_reply, json_reply
 from storywatch.hub import Hub
-from storywatch.ingest import Ingest
+from storywatch.inbound import Publish, safe_ref
 from storywatch.metrics import CONTENT_TYPE_LATEST, Metrics
-from storywatch.session import Close, PublishRequest, Session
+from storywatch.paths import PathRules
+from storywatch.ports import Publisher, StoryBodies
+from storywatch.session import Close, Session
+from storywatch.values import Principal, TokenEntry
 from storywatch.writer import Flusher
 
 logger = logging.getLogger(__name__)
@@ -49,9 +54,23 @@ CLOSE_POLICY: Final = 1008
 CLOSE_OVERLOADED: Final = 1013
 
 
+class _Protocol(ServerProtocol):
+    """websockets' own refusals (400, 426, 431…) carry ``nosniff`` like ours (SPEC §13)."""
+
+    def reject(self, status: StatusLike, text: str) -> Response:
+        response = super().reject(status, text)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
 class _Connection(ServerConnection):
     """Applies the handshake timeout to receiving the request only, so a long-poll
     answered from ``process_request`` is not cut short by it."""
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        # serve() builds a plain ServerProtocol; ours only adds a header to its refusals.
+        protocol.__class__ = _Protocol
+        super().__init__(protocol, *args, **kwargs)
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
@@ -69,21 +88,22 @@ class StoryServer:
         hub: Hub,
         metrics: Metrics,
         *,
-        ingest: Ingest | None,
+        publisher: Publisher | None,
+        bodies: StoryBodies,
         health: Callable[[], tuple[int, Json]],
-        body_of: Callable[[str], str | None],
         authenticator: Authenticator,
         accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.metrics = metrics
-        self.ingest = ingest
+        self.publisher = publisher  # the write side's publish port; None: publish refused
         self.health = health
         self.auth = authenticator
         self.accepting = accepting  # False until the app is ready: /ws and /api answer 503
-        self.api = Api(hub, body_of)
+        self.api = Api(hub, bodies)
         self.tls = bool(settings.server.tls_cert)
+        self._rules = PathRules(settings.watch.include, settings.watch.exclude)
         self._board_page = board_page(settings.board_statuses)
         self._server: Server | None = None
         self._accepted: weakref.WeakKeyDictionary[ServerConnection, TokenEntry] = (
@@ -94,7 +114,9 @@ class StoryServer:
         self._ids = itertools.count(1)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Future[None]] = set()
-        self._flusher = Flusher(metrics, settings.limits.write_timeout_s, self._stalled)
+        self._flusher = Flusher(
+            metrics, settings.limits.write_timeout_s, self._stalled, clock=hub.clock
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -166,7 +188,7 @@ class StoryServer:
                 task.add_done_callback(self._closing.discard)
             else:
                 self._sessions[session] = (connection, new)
-                session.principal = principal_of(new)
+                session.principal = Principal.of(new)
         return closed
 
     # -- HTTP, before any upgrade -----------------------------------------------------
@@ -180,7 +202,16 @@ class StoryServer:
             return _response(json_reply(status, payload))
         if route in ("/", "/index.html"):
             page = self._board_page
-            return _response(HttpReply(200, page, "text/html; charset=utf-8"))
+            hosts = request.headers.get_all("Host")
+            csp = page.csp(hosts[0] if len(hosts) == 1 else None, self.tls)
+            return _response(
+                HttpReply(
+                    200,
+                    page.body,
+                    "text/html; charset=utf-8",
+                    {"Content-Security-Policy": csp},
+                )
+            )
         if route == "/metrics" and self.settings.server.metrics_public:
             return _response(HttpReply(200, self.metrics.render(), CONTENT_TYPE_LATEST))
         if not (route == "/ws" or route.startswith("/api/") or route == "/metrics"):
@@ -202,7 +233,7 @@ class StoryServer:
         entry = self.auth.lookup(token_from(request.path, single["Authorization"]))
         if entry is None:
             return self._refuse(401, "unauthorized", "missing or unknown token")
-        principal = principal_of(entry)
+        principal = Principal.of(entry)
 
         if route == "/metrics":
             if not principal.can("admin"):
@@ -237,6 +268,7 @@ class StoryServer:
     def _process_response(
         self, connection: ServerConnection, request: Request, response: Response
     ) -> None:
+        response.headers["X-Content-Type-Options"] = "nosniff"
         if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
             self._release(connection)  # refused after all (e.g. subprotocol)
 
@@ -251,9 +283,12 @@ class StoryServer:
         if entry is None:  # cannot happen: process_request accepted it
             await connection.close(1011, "internal error")
             return
-        loop = asyncio.get_running_loop()
         session = Session(
-            f"c{next(self._ids)}", principal_of(entry), self.settings.limits, loop.time()
+            f"c{next(self._ids)}",
+            Principal.of(entry),
+            self.settings.limits,
+            self.hub.clock(),
+            self._rules,
         )
         session.on_coalesced = self.metrics.coalesced.inc
         session.on_overflow = self.metrics.dropped.labels("overflow").inc
@@ -290,14 +325,14 @@ class StoryServer:
             logger.info("connection %s closed: code %s", session.id, code)
 
     async def _reader(self, connection: ServerConnection, session: Session) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self.hub.clock
         async for message in connection:
-            outcome = session.handle_message(message, loop.time(), self.hub)
+            outcome = session.handle_message(message, clock(), self.hub)
             if isinstance(outcome, Close):
                 self.metrics.dropped.labels("abuse").inc()
                 await self._close_draining(connection, outcome)
                 return
-            if isinstance(outcome, PublishRequest):
+            if isinstance(outcome, Publish):
                 await self._publish(session, outcome)
 
     async def _close_draining(self, connection: ServerConnection, close: Close) -> None:
@@ -311,45 +346,25 @@ class StoryServer:
             pass
         await closing
 
-    async def _publish(self, session: Session, request: PublishRequest) -> None:
-        if self.ingest is None:
-            session.send_error("forbidden", "this server does not accept publish", request.ref)
+    async def _publish(self, session: Session, request: Publish) -> None:
+        ref = safe_ref(request.ref)
+        if self.publisher is None:
+            session.send_error("forbidden", "this server does not accept publish", ref)
             return
-        scope = session.principal.scope
-        if scope.epics is not None and not self._publish_in_scope(request, session):
-            session.send_error("forbidden", "publish outside this token's epics", request.ref)
+        try:
+            done = await self.publisher.publish(request, session.principal)
+        except PublishRejected as exc:
+            session.send_error(exc.code, exc.message, ref)
             return
-        events = await self.ingest.publish(request.items, request.source)
         session.send_control(
-            {
-                "type": "published",
-                "ref": request.ref,
-                "count": len(events),
-                "seq": events[-1].seq if events else self.hub.seq,
-            }
+            {"type": "published", "ref": request.ref, "count": done.count, "seq": done.seq}
         )
 
-    def _publish_in_scope(self, request: PublishRequest, session: Session) -> bool:
-        scope = session.principal.scope
-        ingest = self.ingest
-        for item in request.items:
-            if item["op"] == "upsert":
-                story = item["story"]
-                if not scope.sees(story):
-                    return False
-                current = self.hub.story(str(story["id"]))
-                # The story whose file the upsert would take over must be in scope too.
-                owner = ingest.index.owns(ingest.target_path(story)) if ingest else None
-                if owner is not None and not scope.sees(self.hub.story(owner)):
-                    return False
-            else:
-                current = self.hub.story(str(item["id"]))
-            if current is not None and not scope.sees(current):
-                return False
-        return True
-
     async def _stalled(self, connection: ServerConnection, session: Session) -> None:
-        logger.warning("connection %s too slow to read; closing", session.id)
+        if session.overloaded:
+            logger.warning("connection %s over its queued-bytes budget; closing", session.id)
+        else:
+            logger.warning("connection %s too slow to read; closing", session.id)
         self.metrics.dropped.labels("slow").inc()
         self.hub.sessions.discard(session)  # nothing more piles up for it
         await _close_or_abort(connection, CLOSE_OVERLOADED, "too slow to read")
@@ -366,17 +381,6 @@ class StoryServer:
                 session.send_raw(frame, urgent=True)
             self.metrics.stories.set(len(self.hub))
             self.metrics.seq.set(self.hub.seq)
-
-
-def events_counter(metrics: Metrics) -> Callable[[list[Event]], None]:
-    def count(events: list[Event]) -> None:
-        for event in events:
-            metrics.events.labels(event.type).inc()
-        if events:
-            metrics.seq.set(events[-1].seq)
-            metrics.batch_size.observe(len(events))
-
-    return count
 
 
 async def _close_or_abort(connection: ServerConnection, code: int, reason: str) -> None:

@@ -27,13 +27,15 @@ from typing import Any, TextIO
 import yaml
 
 from storywatch.auth import hash_token, new_token
-from storywatch.config import SCOPES, BackendSettings, Settings, load_settings
-from storywatch.errors import BackendError, ConfigError, StorywatchError
+from storywatch.config import BackendSettings, Settings, load_settings
+from storywatch.errors import BackendError, ConfigError, PublishRejected, StorywatchError
 from storywatch.events import EVENT_TYPES, Json
 from storywatch.gitdiff import GitDiff, diff_revisions, index_of
+from storywatch.inbound import MAX_PUBLISH_ITEMS, Publish, RequestError, parse_request
 from storywatch.paths import PathRules
 from storywatch.repo import Repo, parse_tree
 from storywatch.story import ParseError, ParseResult
+from storywatch.values import SCOPES
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -480,13 +482,55 @@ def _publish_ws(
 
 
 def _redis_publisher() -> RedisPublish | None:
-    """The Redis backend's ``publish_items`` (it diffs items against the shared index);
-    None when it cannot be imported. Imported lazily: only this path needs redis."""
+    """:func:`publish_to_redis`, or None when redis cannot be imported (only this path
+    needs it)."""
     try:
-        from storywatch.log.redis import publish_items
+        import storywatch.log.redis  # noqa: F401
     except ImportError:
         return None
-    return publish_items
+    return publish_to_redis
+
+
+async def publish_to_redis(
+    settings: BackendSettings, items: list[Json], source: Json | None
+) -> tuple[int, int]:
+    """``publish --redis-url``: diff items against the shared index and append, with no
+    server in between (every server following the stream delivers the events). Returns
+    (events emitted, last seq)."""
+    from storywatch.index import Index
+    from storywatch.ingest import Ingest
+    from storywatch.log.redis import RedisLog
+
+    requests = []
+    for start in range(0, max(1, len(items)), MAX_PUBLISH_ITEMS):
+        chunk = items[start : start + MAX_PUBLISH_ITEMS]
+        message = {"type": "publish", "ref": None, "items": chunk, "source": source}
+        try:
+            request = parse_request(message, PathRules())
+        except RequestError as exc:
+            raise BackendError(f"the stories cannot be published: {exc.message}") from None
+        if isinstance(request, Publish):
+            requests.append(request)
+    log = RedisLog(settings)
+    ingest: Ingest | None = None
+    try:
+        state = await log.open()
+        ingest = Ingest(Index.from_records(state.index), log)
+        ingest.last_seq = state.seq
+        count, seq = 0, state.seq
+        for request in requests:
+            try:
+                done = await ingest.publish(request, None)
+            except PublishRejected as exc:
+                raise BackendError(f"redis refused the publish: {exc.message}") from exc
+            if ingest.backlog:
+                raise BackendError("redis became unreachable while publishing")
+            count, seq = count + done.count, done.seq
+        return count, seq
+    finally:
+        if ingest is not None:
+            await ingest.close()
+        await log.close()
 
 
 def _publish_redis(

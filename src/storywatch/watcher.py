@@ -2,13 +2,8 @@
 
 watchfiles hands over a set of paths once the tree has been quiet for ``settle_ms``. The
 watcher re-reads those files (folders are walked: a moved-in folder arrives as one path),
-and passes the parse results to the ingest, with two holds that make editors and git
-come out right:
-
-- a story file that disappears is held for ``delete_grace_ms``: if its id comes back at any
-  path meanwhile, the change is a move or an update, never a delete plus a create;
-- a story file that is empty or unparsable is re-read once ``delete_grace_ms`` has passed,
-  before ``story.invalid`` is reported (truncate-then-write saves).
+and passes the parse results to its :class:`Sink` (the ingest), with the two holds of
+:mod:`storywatch.holds` that make editors and git come out right.
 """
 
 from __future__ import annotations
@@ -17,16 +12,17 @@ import asyncio
 import itertools
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from watchfiles import Change, awatch
 
 from storywatch.config import WatchSettings
-from storywatch.events import Json
-from storywatch.ingest import Ingest
+from storywatch.events import Event, Json
+from storywatch.holds import Holds
+from storywatch.index import Changes
 from storywatch.repo import Repo
-from storywatch.story import ParseError, ParseResult, Story
+from storywatch.story import ParseResult
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +32,26 @@ MAX_BATCH_MS = 500
 ROOT_POLL_S = 0.2
 
 
-@dataclass
-class _Held:
-    story_id: str
-    deadline: float
-    source: Json
+class Sink(Protocol):
+    """Where the watcher's parse results go (the ingest), and what it asks of the index."""
+
+    def owns(self, path: str) -> str | None: ...
+
+    def is_broken(self, path: str) -> bool: ...
+
+    def paths(self) -> Iterator[str]: ...
+
+    async def apply(
+        self, changes: Changes, source: Json, *, expected_later: int = 0
+    ) -> list[Event]: ...
 
 
 class Watcher:
-    def __init__(self, repo: Repo, ingest: Ingest, settings: WatchSettings) -> None:
+    def __init__(self, repo: Repo, sink: Sink, settings: WatchSettings) -> None:
         self.repo = repo
-        self.ingest = ingest
+        self.sink = sink
         self.settings = settings
-        self.grace_s = settings.delete_grace_ms / 1000
-        self.held: dict[str, _Held] = {}  # vanished story files, by path
-        self.recheck: dict[str, _Held] = {}  # broken story files to read again, by path
+        self.holds = Holds(settings.delete_grace_ms / 1000)
         self.last_head: dict[str, Any] | None = repo.git_head()
         self.running = asyncio.Event()
         self.initial_done = asyncio.Event()
@@ -103,7 +104,7 @@ class Watcher:
             self.running.set()
             await self.initial_done.wait()
         else:
-            await self._process(set(self.repo.walk()) | set(self.ingest.index.paths()))
+            await self._process(set(self.repo.walk()) | set(self.sink.paths()))
         try:
             raw = await first
             while True:
@@ -152,7 +153,7 @@ class Watcher:
                 continue
             # A folder that went away takes its stories with it.
             if index_paths is None:
-                index_paths = list(self.ingest.index.paths())
+                index_paths = list(self.sink.paths())
             prefix = rel + "/"
             rels.update(p for p in index_paths if p.startswith(prefix))
         return rels
@@ -170,40 +171,18 @@ class Watcher:
         """Re-read these paths and hand the results over, with the editor-save holds."""
         results = await self._read(rels)
         source = self._source()
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        index = self.ingest.index
-        returning = {r.id for r in results.values() if isinstance(r, Story)}
-        for rel in results:  # fresh content replaces anything held for the same path
-            self.held.pop(rel, None)
-            self.recheck.pop(rel, None)
-        for rel, held in list(self.held.items()):
-            if held.story_id in returning:  # came back elsewhere: a move, now
-                results[rel] = None
-                del self.held[rel]
-        for rel, result in list(results.items()):
-            story_id = index.owns(rel)
-            if story_id is None or self.grace_s <= 0:
-                continue
-            if result is None and story_id not in returning:
-                self.held[rel] = _Held(story_id, now + self.grace_s, source)
-                del results[rel]
-            elif isinstance(result, ParseError) and rel not in index.broken:
-                self.recheck[rel] = _Held(story_id, now + self.grace_s, source)
-                del results[rel]
-        # Held paths are emitted later with this batch's source: they count in its size
-        # (one that comes back elsewhere in time is a move, counted by that later batch).
-        held_here = sum(
-            1 for h in (*self.held.values(), *self.recheck.values()) if h.source is source
-        )
+        now = asyncio.get_running_loop().time()
+        results = self.holds.sort(results, source, now, self.sink.owns, self.sink.is_broken)
         logger.debug(
             "batch %s: %d paths, %d held, %d to recheck",
             source["batch"],
             len(results),
-            len(self.held),
-            len(self.recheck),
+            len(self.holds.held),
+            len(self.holds.recheck),
         )
-        await self.ingest.apply(results, source, expected_later=held_here)
+        # Held paths are emitted later with this batch's source: they count in its size
+        # (one that comes back elsewhere in time is a move, counted by that later batch).
+        await self.sink.apply(results, source, expected_later=self.holds.held_from(source))
         self._schedule()
 
     async def _read(self, rels: set[str]) -> dict[str, ParseResult | None]:
@@ -224,10 +203,9 @@ class Watcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        deadlines = [h.deadline for h in (*self.held.values(), *self.recheck.values())]
-        if deadlines:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(min(deadlines), self._expire_soon)
+        deadline = self.holds.next_deadline()
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire_soon)
 
     def _expire_soon(self) -> None:
         self._timer = None
@@ -235,20 +213,8 @@ class Watcher:
         task.add_done_callback(_log_failure)
 
     async def _expire(self) -> None:
-        now = asyncio.get_running_loop().time()
-        due: dict[str, _Held] = {}
-        for table in (self.held, self.recheck):
-            for rel, held in list(table.items()):
-                if held.deadline <= now + 0.001:
-                    due[rel] = held
-                    del table[rel]
-        # Group by source so each event keeps the batch it was seen in.
-        by_source: dict[int, tuple[Json, list[str]]] = {}
-        for rel, held in due.items():
-            by_source.setdefault(id(held.source), (held.source, []))[1].append(rel)
-        for source, rels in by_source.values():
-            results = self.repo.read_many(sorted(rels))
-            await self.ingest.apply(results, source)
+        for source, rels in self.holds.due(asyncio.get_running_loop().time()):
+            await self.sink.apply(self.repo.read_many(rels), source)
         self._schedule()
 
 

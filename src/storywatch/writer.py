@@ -38,13 +38,17 @@ class Flusher:
         metrics: Metrics,
         write_timeout_s: float,
         on_stalled: Callable[[ServerConnection, Session], Coroutine[Any, Any, None]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics
         self.write_timeout_s = write_timeout_s
-        self.on_stalled = on_stalled  # a socket that did not drain in time
+        # A socket that did not drain in time, or a session over its byte budget.
+        self.on_stalled = on_stalled
+        self.clock = clock  # the hub's: sessions' token buckets run on it
         self._ready: list[Writer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.last_pass = 0.0  # loop time of the last pass that wrote something
+        self.last_pass = 0.0  # on ``clock``: the last pass that wrote something
 
     def attach(self, connection: ServerConnection, session: Session) -> Writer:
         writer = Writer(self, connection, session)
@@ -61,8 +65,7 @@ class Flusher:
 
     def _flush(self) -> None:
         ready, self._ready = self._ready, []
-        assert self._loop is not None
-        now = self._loop.time()
+        now = self.clock()
         delivered = 0
         born: set[float] = set()
         for writer in ready:
@@ -89,7 +92,16 @@ class Flusher:
 class Writer:
     """One connection's place in the flusher."""
 
-    __slots__ = ("_drainer", "_timer", "closed", "connection", "flusher", "queued", "session")
+    __slots__ = (
+        "_closer",
+        "_drainer",
+        "_timer",
+        "closed",
+        "connection",
+        "flusher",
+        "queued",
+        "session",
+    )
 
     def __init__(self, flusher: Flusher, connection: ServerConnection, session: Session) -> None:
         self.flusher = flusher
@@ -99,6 +111,7 @@ class Writer:
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._drainer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     def schedule(self) -> None:
         if not self.queued and not self.closed:
@@ -107,9 +120,17 @@ class Writer:
 
     def flush(self, now: float) -> tuple[int, float]:
         """Write what the session may send now; (live events written, first one's birth)."""
-        if self.closed or self._drainer is not None:
+        if self.closed:
             return 0, 0.0
         connection = self.connection
+        if self.session.overloaded:  # piled up past its byte budget: it is not reading
+            self.close()
+            self._closer = asyncio.get_running_loop().create_task(
+                self.flusher.on_stalled(connection, self.session)
+            )
+            return 0, 0.0
+        if self._drainer is not None:
+            return 0, 0.0
         if connection.protocol.state is not _OPEN:
             self.close()
             return 0, 0.0

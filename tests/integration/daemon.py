@@ -95,7 +95,11 @@ class Daemon:
         args += self.extra_args
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         self._threads: list[threading.Thread] = []
         self._spawn_pump(self.proc.stderr, self.stderr_lines)
@@ -215,8 +219,7 @@ class Client:
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> Client:
-        ws = await websockets.connect(url, subprotocols=["storywatch.v1"], max_size=None,
-                                      **kwargs)
+        ws = await websockets.connect(url, subprotocols=["storywatch.v1"], max_size=None, **kwargs)
         client = cls(ws)
         client.welcome = await client.recv()
         assert client.welcome["type"] == "welcome", client.welcome
@@ -231,8 +234,11 @@ class Client:
         return message
 
     async def recv_until(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10,
-        *, skip_heartbeats: bool = True,
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 10,
+        *,
+        skip_heartbeats: bool = True,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The first message matching ``predicate`` and every message before it."""
         seen: list[dict[str, Any]] = []
@@ -249,8 +255,9 @@ class Client:
                 return message, seen
             seen.append(message)
 
-    async def subscribe(self, sub: str = "s1", filter: dict[str, Any] | None = None,
-                        **extra: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def subscribe(
+        self, sub: str = "s1", filter: dict[str, Any] | None = None, **extra: Any
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Subscribe; returns ``subscribed`` and the snapshot stories (if asked)."""
         await self.send({"type": "subscribe", "sub": sub, "filter": filter or {}, **extra})
         subscribed, _ = await self.recv_until(lambda m: m.get("type") in ("subscribed", "error"))

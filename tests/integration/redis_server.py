@@ -40,10 +40,24 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.workdir), "--save", "", "--daemonize", "no"]
-        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else [
-            "--appendonly", "no"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ]
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persist
+            else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + scaled(10)
         while time.monotonic() < deadline:

@@ -30,8 +30,11 @@ async def clients() -> AsyncIterator[Clients]:
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon (no file changes) with an extra allowed browser origin."""
     workdir = tmp_path_factory.mktemp("auth")
-    daemon = Daemon(copy_fixtures(workdir / "stories"), workdir,
-                    config={"server": {"origins": ["http://board.example"]}}).start()
+    daemon = Daemon(
+        copy_fixtures(workdir / "stories"),
+        workdir,
+        config={"server": {"origins": ["http://board.example"]}},
+    ).start()
     daemon.wait_healthy()
     yield daemon
     daemon.stop()
@@ -53,10 +56,18 @@ async def ws_status(url: str, **kwargs: Any) -> int:
 async def test_missing_or_unknown_token_is_401(shared: Daemon) -> None:
     assert await ws_status(shared.ws_url(None)) == 401
     assert await ws_status(shared.ws_url("tok-nope")) == 401
-    assert await ws_status(shared.ws_url(None),
-                           additional_headers={"Authorization": "Bearer tok-nope"}) == 401
-    assert await ws_status(shared.ws_url(None),
-                           additional_headers={"Authorization": "Basic dG9rLXJlYWRlcg=="}) == 401
+    assert (
+        await ws_status(
+            shared.ws_url(None), additional_headers={"Authorization": "Bearer tok-nope"}
+        )
+        == 401
+    )
+    assert (
+        await ws_status(
+            shared.ws_url(None), additional_headers={"Authorization": "Basic dG9rLXJlYWRlcg=="}
+        )
+        == 401
+    )
     for path in ("/api/stories", "/api/stories/UI-005", "/api/events?wait=0"):
         assert http_get(shared, path, token=None)[0] == 401, path
         assert http_get(shared, path, token="tok-nope")[0] == 401, path
@@ -67,12 +78,12 @@ async def test_missing_or_unknown_token_is_401(shared: Daemon) -> None:
 
 async def test_token_by_header_or_query(shared: Daemon) -> None:
     headers = {"Authorization": "Bearer tok-reader"}
-    async with websockets.connect(shared.ws_url(None), additional_headers=headers,
-                                  subprotocols=["storywatch.v1"]) as ws:
+    async with websockets.connect(
+        shared.ws_url(None), additional_headers=headers, subprotocols=["storywatch.v1"]
+    ) as ws:
         welcome = await ws.recv()
         assert '"user":"reader"' in welcome.replace(" ", "")
-    async with websockets.connect(shared.ws_url("tok-admin"),
-                                  subprotocols=["storywatch.v1"]) as ws:
+    async with websockets.connect(shared.ws_url("tok-admin"), subprotocols=["storywatch.v1"]) as ws:
         welcome = await ws.recv()
         assert '"user":"admin"' in welcome.replace(" ", "")
     status, listing = http_get(shared, "/api/stories")  # header
@@ -157,8 +168,7 @@ async def test_scoped_token_snapshot_and_http(daemon: Daemon, clients: Clients) 
     assert http_get(daemon, "/api/stories/UI-005", token="tok-integration")[0] == 404
 
 
-async def test_scoped_token_live_and_replay(daemon: Daemon, repo: Path,
-                                            clients: Clients) -> None:
+async def test_scoped_token_live_and_replay(daemon: Daemon, repo: Path, clients: Clients) -> None:
     reader, subscribed = await clients.subscribed(daemon)
     scoped, _ = await clients.subscribed(daemon, "tok-integration")
     narrow, _ = await clients.subscribed(daemon, "tok-integration", filter={"epics": ["ui"]})
@@ -180,14 +190,17 @@ async def test_scoped_token_live_and_replay(daemon: Daemon, repo: Path,
     assert replayed["seq"] == int_event["seq"] and replayed["replay"] is True
     # long-poll through the scope
     status, page = http_get(
-        daemon, f"/api/events?epoch={cursor['epoch']}&since={cursor['seq']}&wait=0",
-        token="tok-integration")
+        daemon,
+        f"/api/events?epoch={cursor['epoch']}&since={cursor['seq']}&wait=0",
+        token="tok-integration",
+    )
     assert status == 200 and [e["seq"] for e in page["events"]] == [int_event["seq"]]
     assert ui_event["seq"] not in [e["seq"] for e in page["events"]]
 
 
-async def test_story_leaving_scope_is_deleted_out_of_scope(daemon: Daemon, repo: Path,
-                                                           clients: Clients) -> None:
+async def test_story_leaving_scope_is_deleted_out_of_scope(
+    daemon: Daemon, repo: Path, clients: Clients
+) -> None:
     reader, _ = await clients.subscribed(daemon)
     scoped, _subscribed = await clients.subscribed(daemon, "tok-integration")
     path = repo / INT5
@@ -197,8 +210,13 @@ async def test_story_leaving_scope_is_deleted_out_of_scope(daemon: Daemon, repo:
     assert seen_by_reader["type"] == "story.updated"
     assert seen_by_reader["changes"] == {"epic": {"old": "integration", "new": "api"}}
     (gone,) = await scoped.events(1)
-    assert_event(gone, scoped.welcome["epoch"], type="story.deleted", story_id="INT-005",
-                 path=INT5.as_posix())
+    assert_event(
+        gone,
+        scoped.welcome["epoch"],
+        type="story.deleted",
+        story_id="INT-005",
+        path=INT5.as_posix(),
+    )
     assert gone["reason"] == "out_of_scope"
     assert gone["story"] == before  # only the old state
     assert gone["story"]["epic"] == "integration"
@@ -224,11 +242,13 @@ async def test_out_of_scope_with_status_change_and_status_filter(
     daemon: Daemon, repo: Path, clients: Clients
 ) -> None:
     """Leaving the scope with a status change: a board column still sees it leave."""
-    column, _ = await clients.subscribed(daemon, "tok-integration",
-                                         filter={"statuses": ["ready"]})
+    column, _ = await clients.subscribed(daemon, "tok-integration", filter={"statuses": ["ready"]})
     text = (repo / INT3).read_text()
-    (repo / INT3).write_text(text.replace("epic: integration", "epic: api", 1)
-                             .replace("status: ready", "status: done", 1))
+    (repo / INT3).write_text(
+        text.replace("epic: integration", "epic: api", 1).replace(
+            "status: ready", "status: done", 1
+        )
+    )
     (gone,) = await column.events(1)
     assert gone["type"] == "story.deleted" and gone["reason"] == "out_of_scope"
     assert gone["story"]["status"] == "ready" and gone["story"]["epic"] == "integration"

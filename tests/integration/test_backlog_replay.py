@@ -44,13 +44,17 @@ def backlog(tmp_path: Path) -> Path:
     if not BUNDLE.is_file():
         pytest.skip(f"no {BUNDLE}")
     checkout = tmp_path / "backlog"
-    subprocess.run(["git", "clone", "-q", "-b", "backlog-only", str(BUNDLE), str(checkout)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "clone", "-q", "-b", "backlog-only", str(BUNDLE), str(checkout)],
+        check=True,
+        capture_output=True,
+    )
     return checkout
 
 
-async def test_replay_backlog_history(backlog: Path, daemon_factory: type[Daemon],
-                                      clients: Clients) -> None:
+async def test_replay_backlog_history(
+    backlog: Path, daemon_factory: type[Daemon], clients: Clients
+) -> None:
     commits = git(backlog, "rev-list", "--first-parent", "--reverse", "HEAD").split()
     window = commits[START : START + STEPS + 1]
     assert len(window) == STEPS + 1
@@ -60,14 +64,17 @@ async def test_replay_backlog_history(backlog: Path, daemon_factory: type[Daemon
     tree = tree_files(backlog, window[0])
     index = index_of(tree, blobs)
     # the data is what the test claims it is
-    broken_yaml = [p for p, sha in tree.items()
-                   if isinstance(r := parse_story(p, blobs.get(sha)), ParseError)
-                   and r.reason == "yaml"]
+    broken_yaml = [
+        p
+        for p, sha in tree.items()
+        if isinstance(r := parse_story(p, blobs.get(sha)), ParseError) and r.reason == "yaml"
+    ]
     assert len(broken_yaml) >= 10
     assert any(" " in str(s.status) for s in index.stories.values())
 
     daemon = daemon_factory(
-        backlog, config={"watch": {"settle_ms": 20, "delete_grace_ms": 100}}).start()
+        backlog, config={"watch": {"settle_ms": 20, "delete_grace_ms": 100}}
+    ).start()
     health = daemon.wait_healthy()
     assert health["stories"] == len(index.stories)
     client, subscribed = await clients.subscribed(daemon)
@@ -99,8 +106,14 @@ async def test_replay_backlog_history(backlog: Path, daemon_factory: type[Daemon
 
     assert not problems, problems
     # the window exercised every kind of change
-    assert {"story.created", "story.deleted", "story.transitioned", "story.moved",
-            "story.updated", "story.invalid"} <= set(totals), totals
+    assert {
+        "story.created",
+        "story.deleted",
+        "story.transitioned",
+        "story.moved",
+        "story.updated",
+        "story.invalid",
+    } <= set(totals), totals
     assert totals["story.moved"] >= 80
     # the final state matches the last tree, story by story
     _, snapshot = await client.subscribe("final", {}, snapshot=True)

@@ -25,8 +25,14 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("STORYWATCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 UI5 = Path("ui") / "UI-005-dark-mode.md"  # status: ready, epic: ui
@@ -175,8 +181,12 @@ def test_board_escapes_filters_and_fits_a_phone(
 
     daemon = daemon_factory(repo).start()
     daemon.wait_healthy()
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
-                                  has_touch=True, device_scale_factor=2)
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+        device_scale_factor=2,
+    )
     page = context.new_page()
     page.set_default_timeout(_ms(10))
     try:
@@ -185,8 +195,11 @@ def test_board_escapes_filters_and_fits_a_phone(
 
         # Story text is shown as text: nothing in a title runs or renders as HTML.
         path = repo / UI5
-        path.write_text(path.read_text().replace(
-            "title: Dark mode for the live board", f"title: '{HOSTILE_TITLE}'", 1))
+        path.write_text(
+            path.read_text().replace(
+                "title: Dark mode for the live board", f"title: '{HOSTILE_TITLE}'", 1
+            )
+        )
         expect(card(page, "UI-005").locator(".card-title")).to_have_text(HOSTILE_TITLE)
         assert page.locator("#board img, #board script, #activity img").count() == 0
         assert page.evaluate("window.__pwned") is None
@@ -270,8 +283,9 @@ def test_board_takes_a_snapshot_when_it_cannot_resume(
         for path, old, new in STATUS_EDITS:
             set_status(repo / path, old, new)
         (repo / DELETED).unlink()
-        daemon_factory(repo, backend=backend, config=config,
-                       extra_args=["--port", str(port)]).start()
+        daemon_factory(
+            repo, backend=backend, config=config, extra_args=["--port", str(port)]
+        ).start()
 
     for path, _, new in STATUS_EDITS:
         story_id = path.name.split("-")[0] + "-" + path.name.split("-")[1]
@@ -308,7 +322,8 @@ def test_board_config_block_orders_the_columns(
     # A page answered by page.route() has no network address, so Chromium's Local Network
     # Access checks would keep it from reaching 127.0.0.1: this browser runs without them.
     relaxed = browser.browser_type.launch(
-        executable_path=CHROMIUM, headless=True,
+        executable_path=CHROMIUM,
+        headless=True,
         args=[*CHROMIUM_ARGS, "--disable-features=LocalNetworkAccessChecks"],
     )
     try:
@@ -319,8 +334,10 @@ def test_board_config_block_orders_the_columns(
             html = route.fetch().text()
             assert placeholder in html
             configured = '{"statuses": ["review", "in-progress", "nope"]}'
-            route.fulfill(body=html.replace(placeholder, placeholder.replace(
-                '{"statuses": []}', configured)), content_type="text/html")
+            route.fulfill(
+                body=html.replace(placeholder, placeholder.replace('{"statuses": []}', configured)),
+                content_type="text/html",
+            )
 
         page.route(f"{daemon.http}/", with_order)
         page.goto(f"{daemon.http}/#token=tok-reader")

@@ -29,7 +29,9 @@ class Proc:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "storywatch", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.lines: dict[str, queue.Queue[str]] = {"out": queue.Queue(), "err": queue.Queue()}
@@ -88,7 +90,9 @@ def procs() -> Iterator[list[Proc]]:
 
 def storywatch(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "storywatch", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "storywatch", *args],
+        capture_output=True,
+        text=True,
         timeout=scaled(timeout),
         env={**os.environ, "STORYWATCH_TOKEN": "", "STORYWATCH_URL": "", "STORYWATCH_CONFIG": ""},
     )
@@ -112,23 +116,41 @@ async def test_publish_reaches_a_subscriber_once(
     await client.subscribe()
 
     def publish(rev_from: str, rev_to: str) -> subprocess.CompletedProcess[str]:
-        return storywatch("publish", "--from", rev_from, "--to", rev_to, "--repo",
-                          str(repo.root), "--url", daemon.http, "--token", "tok-publisher")
+        return storywatch(
+            "publish",
+            "--from",
+            rev_from,
+            "--to",
+            rev_to,
+            "--repo",
+            str(repo.root),
+            "--url",
+            daemon.http,
+            "--token",
+            "tok-publisher",
+        )
 
     first = publish(ZERO, base)  # a new branch: every story is new
     assert first.returncode == 0, first.stderr
     created = await client.events(5)
     assert {e["type"] for e in created} == {"story.created"}
-    assert created[0]["source"] == {"kind": "git", "from": ZERO, "to": base,
-                                    "author": "Ada Lovelace <ada@example.com>"}
+    assert created[0]["source"] == {
+        "kind": "git",
+        "from": ZERO,
+        "to": base,
+        "author": "Ada Lovelace <ada@example.com>",
+    }
 
     done = publish(base, head)
     assert done.returncode == 0, done.stderr
     assert "5 events" in done.stdout
     events = await client.events(5)
     assert {e["story_id"]: e["type"] for e in events} == {
-        "S-1": "story.transitioned", "S-2": "story.updated", "S-3": "story.deleted",
-        "S-4": "story.moved", "S-6": "story.created",
+        "S-1": "story.transitioned",
+        "S-2": "story.updated",
+        "S-3": "story.deleted",
+        "S-4": "story.moved",
+        "S-6": "story.created",
     }
     for event in events:
         assert event["source"]["kind"] == "git"
@@ -146,8 +168,17 @@ async def test_publish_reaches_a_subscriber_once(
 def test_publish_refused_token_exits_1(tmp_path: Path, daemon_factory: type[Daemon]) -> None:
     repo, base, head = branch_fixture(tmp_path / "repo")
     daemon = daemon_factory(tmp_path / "unused", command="serve").start()
-    common = ["publish", "--from", base, "--to", head, "--repo", str(repo.root),
-              "--url", daemon.ws_url(None)]
+    common = [
+        "publish",
+        "--from",
+        base,
+        "--to",
+        head,
+        "--repo",
+        str(repo.root),
+        "--url",
+        daemon.ws_url(None),
+    ]
     unknown = storywatch(*common, "--token", "tok-nobody")
     assert unknown.returncode == 1
     assert "HTTP 401" in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
@@ -161,14 +192,27 @@ async def test_publish_straight_into_redis(
     tmp_path: Path, redis_server: RedisServer, daemon_factory: type[Daemon]
 ) -> None:
     repo, base, head = branch_fixture(tmp_path / "repo")
-    daemon = daemon_factory(tmp_path / "unused", command="serve", backend="redis",
-                            extra_args=["--redis-url", redis_server.url]).start()
+    daemon = daemon_factory(
+        tmp_path / "unused",
+        command="serve",
+        backend="redis",
+        extra_args=["--redis-url", redis_server.url],
+    ).start()
     daemon.wait_healthy()
     client = await Client.connect(daemon.ws_url())
     await client.subscribe()
     for rev_from, rev_to, count in ((ZERO, base, 5), (base, head, 5), (base, head, 0)):
-        done = storywatch("publish", "--from", rev_from, "--to", rev_to, "--repo",
-                          str(repo.root), "--redis-url", redis_server.url)
+        done = storywatch(
+            "publish",
+            "--from",
+            rev_from,
+            "--to",
+            rev_to,
+            "--repo",
+            str(repo.root),
+            "--redis-url",
+            redis_server.url,
+        )
         assert done.returncode == 0, done.stderr
         assert f"{count} events" in done.stdout
         if count:
@@ -199,8 +243,18 @@ def test_tail_prints_events_and_stops_on_sigint(
     daemon.wait_healthy()
     tail = start_tail(procs, daemon)  # URL and token from the environment
     flags_win = {"STORYWATCH_URL": "http://127.0.0.1:9", "STORYWATCH_TOKEN": "tok-wrong"}
-    json_tail = start_tail(procs, daemon, "--json", "--epic", "ui", "--url", daemon.ws_url(None),
-                           "--token", "tok-reader", env=flags_win)
+    json_tail = start_tail(
+        procs,
+        daemon,
+        "--json",
+        "--epic",
+        "ui",
+        "--url",
+        daemon.ws_url(None),
+        "--token",
+        "tok-reader",
+        env=flags_win,
+    )
     edit_status(repo / "ui" / "UI-005-dark-mode.md", "ready", "in-progress")
     line = tail.wait_line("out", lambda line: "UI-005" in line)
     assert "story.transitioned  UI-005  ready → in-progress" in line
@@ -263,9 +317,9 @@ async def test_token_round_trip(repo: Path, daemon_factory: type[Daemon]) -> Non
     made = storywatch("token", "new", "ci-bot", "--scope", "read", "--epic", "ui")
     assert made.returncode == 0, made.stderr
     token = made.stdout.splitlines()[0].removeprefix("token: ")
-    entries = yaml.safe_load("\n".join(
-        line for line in made.stdout.splitlines() if line.startswith(("-", " "))
-    ))
+    entries = yaml.safe_load(
+        "\n".join(line for line in made.stdout.splitlines() if line.startswith(("-", " ")))
+    )
     daemon = daemon_factory(repo, config={"auth": {"tokens": entries}}).start()
     client = await Client.connect(daemon.ws_url(token))
     assert client.welcome["user"] == "ci-bot" and client.welcome["scopes"] == ["read"]

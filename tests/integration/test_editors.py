@@ -30,7 +30,11 @@ pytestmark = pytest.mark.integration
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 STORY_TYPES = (
-    "story.created", "story.deleted", "story.transitioned", "story.moved", "story.updated",
+    "story.created",
+    "story.deleted",
+    "story.transitioned",
+    "story.moved",
+    "story.updated",
     "story.invalid",
 )
 
@@ -58,9 +62,15 @@ Body text.
 # -- helpers shared by the integration modules ------------------------------------------
 
 
-def assert_event(event: dict[str, Any], epoch: str, *, type: str | None = None,
-                 story_id: str | None = None, path: str | None = None,
-                 subs: list[str] | None = None) -> None:
+def assert_event(
+    event: dict[str, Any],
+    epoch: str,
+    *,
+    type: str | None = None,
+    story_id: str | None = None,
+    path: str | None = None,
+    subs: list[str] | None = None,
+) -> None:
     """The fields every ``story.*`` message carries (SPEC §3, §4)."""
     assert event["type"] in STORY_TYPES, event
     if type is not None:
@@ -81,7 +91,12 @@ def assert_event(event: dict[str, Any], epoch: str, *, type: str | None = None,
     if event["type"] == "story.invalid":
         assert "body_changed" not in event, event
         assert event["error"]["reason"] in (
-            "yaml", "missing_id", "duplicate_id", "too_large", "unreadable"), event
+            "yaml",
+            "missing_id",
+            "duplicate_id",
+            "too_large",
+            "unreadable",
+        ), event
         assert isinstance(event["error"]["message"], str), event
         assert event["error"]["line"] is None or isinstance(event["error"]["line"], int)
     else:
@@ -124,23 +139,31 @@ class Clients:
             with contextlib.suppress(Exception):
                 await client.close()
 
-    async def open(self, daemon: Daemon, token: str | None = "tok-reader",
-                   **kwargs: Any) -> Client:
+    async def open(self, daemon: Daemon, token: str | None = "tok-reader", **kwargs: Any) -> Client:
         client = await Client.connect(daemon.ws_url(token), **kwargs)
         self.opened.append(client)
         return client
 
-    async def subscribed(self, daemon: Daemon, token: str = "tok-reader",
-                         filter: dict[str, Any] | None = None, sub: str = "s1",
-                         **extra: Any) -> tuple[Client, dict[str, Any]]:
+    async def subscribed(
+        self,
+        daemon: Daemon,
+        token: str = "tok-reader",
+        filter: dict[str, Any] | None = None,
+        sub: str = "s1",
+        **extra: Any,
+    ) -> tuple[Client, dict[str, Any]]:
         client = await self.open(daemon, token)
         subscribed, _ = await client.subscribe(sub, filter or {}, **extra)
         assert subscribed["type"] == "subscribed", subscribed
         return client, subscribed
 
 
-def http_get(daemon: Daemon, path: str, token: str | None = "tok-reader",
-             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def http_get(
+    daemon: Daemon,
+    path: str,
+    token: str | None = "tok-reader",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     """(status, parsed JSON body or raw text) of a GET on the daemon."""
     request = urllib.request.Request(daemon.http + path, headers=dict(headers or {}))
     if token is not None:
@@ -193,13 +216,20 @@ async def test_created(live: tuple[Client, dict[str, Any]], repo: Path) -> None:
     (repo / "ui" / "NEW-001.md").write_text(NEW_STORY)
     (event,) = await client.events(1)
     epoch = client.welcome["epoch"]
-    assert_event(event, epoch, type="story.created", story_id="NEW-001", path="ui/NEW-001.md",
-                 subs=["s1"])
+    assert_event(
+        event, epoch, type="story.created", story_id="NEW-001", path="ui/NEW-001.md", subs=["s1"]
+    )
     assert event["seq"] == subscribed["seq"] + 1
     assert event["story"] == {
-        "id": "NEW-001", "title": "A brand new story", "epic": "ui", "status": "draft",
-        "labels": ["ui", "new"], "owner": "frontend-team", "market": None,
-        "created": "2025-09-01", "estimate": {"points": 3, "unit": "sp"},
+        "id": "NEW-001",
+        "title": "A brand new story",
+        "epic": "ui",
+        "status": "draft",
+        "labels": ["ui", "new"],
+        "owner": "frontend-team",
+        "market": None,
+        "created": "2025-09-01",
+        "estimate": {"points": 3, "unit": "sp"},
         "path": "ui/NEW-001.md",
     }
     # every key with old null; null-valued keys are no change; path is not front-matter
@@ -219,14 +249,19 @@ async def test_created(live: tuple[Client, dict[str, Any]], repo: Path) -> None:
     await client.no_event()
 
 
-async def test_updated_with_body_changed(live: tuple[Client, dict[str, Any]],
-                                         repo: Path) -> None:
+async def test_updated_with_body_changed(live: tuple[Client, dict[str, Any]], repo: Path) -> None:
     client, subscribed = live
     path = repo / UI5
     edit(path, "Follow `prefers-color-scheme`", "Follow the OS `prefers-color-scheme`")
     (body_only,) = await client.events(1)
-    assert_event(body_only, client.welcome["epoch"], type="story.updated", story_id="UI-005",
-                 path=UI5.as_posix(), subs=["s1"])
+    assert_event(
+        body_only,
+        client.welcome["epoch"],
+        type="story.updated",
+        story_id="UI-005",
+        path=UI5.as_posix(),
+        subs=["s1"],
+    )
     assert body_only["changes"] == {}
     assert body_only["body_changed"] is True
     assert body_only["story"]["status"] == "ready"
@@ -240,15 +275,20 @@ async def test_updated_with_body_changed(live: tuple[Client, dict[str, Any]],
     await client.no_event()
 
 
-async def test_transitioned_with_from_to(live: tuple[Client, dict[str, Any]],
-                                         repo: Path) -> None:
+async def test_transitioned_with_from_to(live: tuple[Client, dict[str, Any]], repo: Path) -> None:
     client, subscribed = live
     path = repo / UI5
     text = path.read_text().replace("status: ready", "status: in-progress", 1)
     path.write_text(text.replace("priority: low", "priority: medium", 1) + "\nMore.\n")
     (event,) = await client.events(1)
-    assert_event(event, client.welcome["epoch"], type="story.transitioned", story_id="UI-005",
-                 path=UI5.as_posix(), subs=["s1"])
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.transitioned",
+        story_id="UI-005",
+        path=UI5.as_posix(),
+        subs=["s1"],
+    )
     assert event["from"] == "ready" and event["to"] == "in-progress"
     # other changes ride along
     assert event["changes"] == {
@@ -266,8 +306,14 @@ async def test_moved_by_rename(live: tuple[Client, dict[str, Any]], repo: Path) 
     (repo / "ui" / "done").mkdir()
     os.rename(repo / UI5, repo / "ui" / "done" / "UI-005.md")
     (event,) = await client.events(1)
-    assert_event(event, client.welcome["epoch"], type="story.moved", story_id="UI-005",
-                 path="ui/done/UI-005.md", subs=["s1"])
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.moved",
+        story_id="UI-005",
+        path="ui/done/UI-005.md",
+        subs=["s1"],
+    )
     assert event["old_path"] == UI5.as_posix()
     assert event["story"]["path"] == "ui/done/UI-005.md"
     assert event["changes"] == {}
@@ -276,8 +322,9 @@ async def test_moved_by_rename(live: tuple[Client, dict[str, Any]], repo: Path) 
     await client.no_event()
 
 
-async def test_folder_rename_moves_its_stories(live: tuple[Client, dict[str, Any]],
-                                               repo: Path) -> None:
+async def test_folder_rename_moves_its_stories(
+    live: tuple[Client, dict[str, Any]], repo: Path
+) -> None:
     client, subscribed = live
     os.rename(repo / "api" / "v2", repo / "api" / "v3")
     events = await client.events(3)
@@ -299,12 +346,19 @@ async def test_deleted_after_grace(live: tuple[Client, dict[str, Any]], repo: Pa
     elapsed = time.monotonic() - started
     assert elapsed >= 0.3 - 0.05, f"deleted after {elapsed:.3f}s, before delete_grace_ms"
     assert elapsed <= scaled(0.3 + 1.0), f"deleted after {elapsed:.3f}s"
-    assert_event(event, client.welcome["epoch"], type="story.deleted", story_id="UI-005",
-                 path=UI5.as_posix(), subs=["s1"])
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.deleted",
+        story_id="UI-005",
+        path=UI5.as_posix(),
+        subs=["s1"],
+    )
     assert event["story"] == before  # the last known state
     assert event["changes"] == {
         key: {"old": value, "new": None}
-        for key, value in before.items() if key != "path" and value is not None
+        for key, value in before.items()
+        if key != "path" and value is not None
     }
     assert event["body_changed"] is False
     assert event["source"]["kind"] == "fs" and event["source"]["batch_size"] == 1
@@ -314,8 +368,9 @@ async def test_deleted_after_grace(live: tuple[Client, dict[str, Any]], repo: Pa
 
 async def _story_via_api(client: Client, story_id: str) -> dict[str, Any]:
     """The story's current state, from a snapshot on a second subscription."""
-    subscribed, stories = await client.subscribe(f"peek-{story_id}", {"stories": [story_id]},
-                                                 snapshot=True)
+    subscribed, stories = await client.subscribe(
+        f"peek-{story_id}", {"stories": [story_id]}, snapshot=True
+    )
     assert subscribed["type"] == "subscribed"
     await client.send({"type": "unsubscribe", "sub": f"peek-{story_id}"})
     await client.recv_until(lambda m: m.get("type") == "unsubscribed")
@@ -323,8 +378,9 @@ async def _story_via_api(client: Client, story_id: str) -> dict[str, Any]:
     return story
 
 
-async def test_invalid_yaml_reason_and_line(live: tuple[Client, dict[str, Any]],
-                                            repo: Path) -> None:
+async def test_invalid_yaml_reason_and_line(
+    live: tuple[Client, dict[str, Any]], repo: Path
+) -> None:
     client, subscribed = live
     path = repo / UI5
     good = path.read_text()
@@ -333,8 +389,14 @@ async def test_invalid_yaml_reason_and_line(live: tuple[Client, dict[str, Any]],
     lines[4] = "epic: ui: nested: oops"  # line 5 of the file
     path.write_text("\n".join(lines))
     (event,) = await client.events(1)
-    assert_event(event, client.welcome["epoch"], type="story.invalid", story_id="UI-005",
-                 path=UI5.as_posix(), subs=["s1"])
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.invalid",
+        story_id="UI-005",
+        path=UI5.as_posix(),
+        subs=["s1"],
+    )
     assert event["error"]["reason"] == "yaml"
     assert event["error"]["line"] == 5
     assert event["error"]["message"]
@@ -348,8 +410,9 @@ async def test_invalid_missing_id(live: tuple[Client, dict[str, Any]], repo: Pat
     client, _ = live
     edit(repo / UI5, "id: UI-005\n", "")
     (event,) = await client.events(1)
-    assert_event(event, client.welcome["epoch"], type="story.invalid", story_id="UI-005",
-                 path=UI5.as_posix())
+    assert_event(
+        event, client.welcome["epoch"], type="story.invalid", story_id="UI-005", path=UI5.as_posix()
+    )
     assert event["error"]["reason"] == "missing_id"
     assert event["story"]["id"] == "UI-005" and event["story"]["path"] == UI5.as_posix()
     await client.no_event()
@@ -360,8 +423,14 @@ async def test_duplicate_id(live: tuple[Client, dict[str, Any]], repo: Path) -> 
     copy = repo / "ui" / "UI-005-copy.md"
     copy.write_text((repo / UI5).read_text().replace("status: ready", "status: done", 1))
     (event,) = await client.events(1)
-    assert_event(event, client.welcome["epoch"], type="story.invalid", story_id="UI-005",
-                 path="ui/UI-005-copy.md", subs=["s1"])
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.invalid",
+        story_id="UI-005",
+        path="ui/UI-005-copy.md",
+        subs=["s1"],
+    )
     assert event["error"]["reason"] == "duplicate_id"
     # story is the state of the story that keeps the id
     assert event["story"]["path"] == UI5.as_posix()
@@ -376,22 +445,26 @@ async def test_duplicate_id(live: tuple[Client, dict[str, Any]], repo: Path) -> 
     await client.no_event()
 
 
-async def test_every_type_in_one_stream(live: tuple[Client, dict[str, Any]],
-                                        repo: Path) -> None:
+async def test_every_type_in_one_stream(live: tuple[Client, dict[str, Any]], repo: Path) -> None:
     """created, updated, transitioned, moved, invalid, deleted: seq gap-free, one epoch."""
     client, subscribed = live
     epoch = client.welcome["epoch"]
     got: list[dict[str, Any]] = []
     steps: list[tuple[Callable[[], object], str]] = [
         (lambda: (repo / "ui" / "NEW-001.md").write_text(NEW_STORY), "story.created"),
-        (lambda: edit(repo / "ui" / "NEW-001.md", "Body text.", "Other text."),
-         "story.updated"),
-        (lambda: edit(repo / "ui" / "NEW-001.md", "status: draft", "status: ready"),
-         "story.transitioned"),
-        (lambda: os.rename(repo / "ui" / "NEW-001.md", repo / "ui" / "NEW-001-x.md"),
-         "story.moved"),
-        (lambda: edit(repo / "ui" / "NEW-001-x.md", "labels: [ui, new]", "labels: [ui, new"),
-         "story.invalid"),
+        (lambda: edit(repo / "ui" / "NEW-001.md", "Body text.", "Other text."), "story.updated"),
+        (
+            lambda: edit(repo / "ui" / "NEW-001.md", "status: draft", "status: ready"),
+            "story.transitioned",
+        ),
+        (
+            lambda: os.rename(repo / "ui" / "NEW-001.md", repo / "ui" / "NEW-001-x.md"),
+            "story.moved",
+        ),
+        (
+            lambda: edit(repo / "ui" / "NEW-001-x.md", "labels: [ui, new]", "labels: [ui, new"),
+            "story.invalid",
+        ),
         (lambda: os.remove(repo / "ui" / "NEW-001-x.md"), "story.deleted"),
     ]
     for action, expected in steps:
@@ -469,15 +542,22 @@ EDITORS = ["temp-rename", "vim", "truncate-write", "jetbrains", "delete-create"]
 
 
 @pytest.mark.parametrize("editor", EDITORS)
-async def test_editor_save_body_is_one_update(editor: str, live: tuple[Client, dict[str, Any]],
-                                              repo: Path) -> None:
+async def test_editor_save_body_is_one_update(
+    editor: str, live: tuple[Client, dict[str, Any]], repo: Path
+) -> None:
     client, subscribed = live
     path = repo / UI5
     text = path.read_text().replace("Follow `prefers", "Follow the `prefers", 1)
     await save_with(editor, path, text)
     (event,) = await client.events(1, timeout=3)
-    assert_event(event, client.welcome["epoch"], type="story.updated", story_id="UI-005",
-                 path=UI5.as_posix(), subs=["s1"])
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.updated",
+        story_id="UI-005",
+        path=UI5.as_posix(),
+        subs=["s1"],
+    )
     assert event["changes"] == {} and event["body_changed"] is True
     assert "old_path" not in event
     assert event["seq"] == subscribed["seq"] + 1
@@ -493,8 +573,14 @@ async def test_editor_save_status_is_one_transition(
     text = path.read_text().replace("status: done", "status: review", 1)
     await save_with(editor, path, text)
     (event,) = await client.events(1, timeout=3)
-    assert_event(event, client.welcome["epoch"], type="story.transitioned", story_id="INT-001",
-                 path=INT1.as_posix(), subs=["s1"])
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.transitioned",
+        story_id="INT-001",
+        path=INT1.as_posix(),
+        subs=["s1"],
+    )
     assert event["from"] == "done" and event["to"] == "review"
     assert event["changes"] == {"status": {"old": "done", "new": "review"}}
     assert event["body_changed"] is False
@@ -530,12 +616,23 @@ async def test_touch_is_silent(live: tuple[Client, dict[str, Any]], repo: Path) 
     assert event["type"] == "story.updated"
 
 
-async def test_ignored_temp_files_are_silent(live: tuple[Client, dict[str, Any]],
-                                             repo: Path) -> None:
+async def test_ignored_temp_files_are_silent(
+    live: tuple[Client, dict[str, Any]], repo: Path
+) -> None:
     client, _ = live
     story = (repo / UI5).read_text().replace("id: UI-005", "id: TEMP-1", 1)
-    names = ["x.md.swp", "x.md~", ".#x.md", "#x.md#", "4913", "x.md___jb_tmp___",
-             "x.md___jb_old___", "x.md.tmp", ".syncthing.x.md", "~syncthing~x.md"]
+    names = [
+        "x.md.swp",
+        "x.md~",
+        ".#x.md",
+        "#x.md#",
+        "4913",
+        "x.md___jb_tmp___",
+        "x.md___jb_old___",
+        "x.md.tmp",
+        ".syncthing.x.md",
+        "~syncthing~x.md",
+    ]
     for name in names:
         (repo / "ui" / name).write_text(story)
     (repo / ".hidden").mkdir()
@@ -556,7 +653,8 @@ async def test_invalid_keeps_last_good_state_and_fix_diffs_against_it(
     good = path.read_text()
     # broken YAML, with a status change inside the broken text
     broken = good.replace("status: ready", "status: review", 1).replace(
-        "labels: []", "labels: [unclosed", 1)
+        "labels: []", "labels: [unclosed", 1
+    )
     path.write_text(broken)
     (invalid,) = await client.events(1)
     assert invalid["type"] == "story.invalid"
@@ -610,39 +708,51 @@ async def test_latency_under_a_second(live: tuple[Client, dict[str, Any]], repo:
     client, _ = live
     for n in range(3):
         started = time.monotonic()
-        edit(repo / UI5, f"priority: {('low', 'high', 'medium')[n]}",
-             f"priority: {('high', 'medium', 'low')[n]}")
+        edit(
+            repo / UI5,
+            f"priority: {('low', 'high', 'medium')[n]}",
+            f"priority: {('high', 'medium', 'low')[n]}",
+        )
         await client.events(1)
         assert time.monotonic() - started <= scaled(1.0)
 
 
-async def test_delete_then_create_elsewhere_is_a_move(live: tuple[Client, dict[str, Any]],
-                                                      repo: Path) -> None:
+async def test_delete_then_create_elsewhere_is_a_move(
+    live: tuple[Client, dict[str, Any]], repo: Path
+) -> None:
     client, subscribed = live
     text = (repo / UI5).read_text()
     os.remove(repo / UI5)
     await pause(0.05)
     (repo / "UI-005.md").write_text(text.replace("status: ready", "status: review", 1))
     (event,) = await client.events(1, timeout=3)
-    assert_event(event, client.welcome["epoch"], type="story.transitioned", story_id="UI-005",
-                 path="UI-005.md")
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.transitioned",
+        story_id="UI-005",
+        path="UI-005.md",
+    )
     assert event["old_path"] == UI5.as_posix()
     assert event["seq"] == subscribed["seq"] + 1
     await client.no_event()
 
 
-async def test_moved_out_of_the_repo_is_deleted(live: tuple[Client, dict[str, Any]],
-                                                repo: Path, tmp_path: Path) -> None:
+async def test_moved_out_of_the_repo_is_deleted(
+    live: tuple[Client, dict[str, Any]], repo: Path, tmp_path: Path
+) -> None:
     client, _ = live
     os.rename(repo / UI5, tmp_path / "UI-005.md")
     (event,) = await client.events(1, timeout=3)
-    assert_event(event, client.welcome["epoch"], type="story.deleted", story_id="UI-005",
-                 path=UI5.as_posix())
+    assert_event(
+        event, client.welcome["epoch"], type="story.deleted", story_id="UI-005", path=UI5.as_posix()
+    )
     await client.no_event()
 
 
-async def test_duplicate_takes_over_when_the_owner_goes(live: tuple[Client, dict[str, Any]],
-                                                        repo: Path) -> None:
+async def test_duplicate_takes_over_when_the_owner_goes(
+    live: tuple[Client, dict[str, Any]], repo: Path
+) -> None:
     client, _ = live
     copy = repo / "ui" / "UI-005-copy.md"
     copy.write_text((repo / UI5).read_text().replace("status: ready", "status: done", 1))
@@ -652,17 +762,24 @@ async def test_duplicate_takes_over_when_the_owner_goes(live: tuple[Client, dict
     os.remove(repo / UI5)
     # never deleted: the duplicate now holds the id
     (event,) = await client.events(1, timeout=3)
-    assert_event(event, client.welcome["epoch"], type="story.transitioned", story_id="UI-005",
-                 path="ui/UI-005-copy.md")
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.transitioned",
+        story_id="UI-005",
+        path="ui/UI-005-copy.md",
+    )
     assert event["old_path"] == UI5.as_posix()
     assert event["from"] == "ready" and event["to"] == "done"
     await client.no_event()
 
 
-async def test_too_large_and_unreadable(repo: Path, daemon_factory: type[Daemon],
-                                        clients: Clients) -> None:
+async def test_too_large_and_unreadable(
+    repo: Path, daemon_factory: type[Daemon], clients: Clients
+) -> None:
     daemon = daemon_factory(
-        repo, config={"watch": {"settle_ms": 20, "max_file_bytes": 20_000}}).start()
+        repo, config={"watch": {"settle_ms": 20, "max_file_bytes": 20_000}}
+    ).start()
     daemon.wait_healthy()
     client, _ = await clients.subscribed(daemon)
     path = repo / UI5
@@ -678,8 +795,9 @@ async def test_too_large_and_unreadable(repo: Path, daemon_factory: type[Daemon]
     await client.no_event()
 
 
-async def test_story_emptied_is_invalid_not_deleted(live: tuple[Client, dict[str, Any]],
-                                                    repo: Path) -> None:
+async def test_story_emptied_is_invalid_not_deleted(
+    live: tuple[Client, dict[str, Any]], repo: Path
+) -> None:
     client, _ = live
     (repo / UI5).write_text("")
     (event,) = await client.events(1, timeout=3)
@@ -688,8 +806,7 @@ async def test_story_emptied_is_invalid_not_deleted(live: tuple[Client, dict[str
     await client.no_event()
 
 
-async def test_held_delete_keeps_its_batch(live: tuple[Client, dict[str, Any]],
-                                           repo: Path) -> None:
+async def test_held_delete_keeps_its_batch(live: tuple[Client, dict[str, Any]], repo: Path) -> None:
     client, _ = live
     edit(repo / UI5, "priority: low", "priority: high")
     os.remove(repo / "api" / "API-007-rate-limit-headers.md")

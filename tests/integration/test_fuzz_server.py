@@ -36,26 +36,63 @@ CASES = int(os.environ.get("STORYWATCH_FUZZ_CASES", "3000"))
 SEED = int(os.environ.get("STORYWATCH_FUZZ_SEED", "20261126"))
 MAX_MESSAGE = 65_536
 
-SERVER_TYPES = frozenset({
-    "welcome", "subscribed", "snapshot", "unsubscribed", "heartbeat", "pong", "resync",
-    "published", "error",
-})
-EVENT_TYPES = frozenset({
-    "story.created", "story.deleted", "story.transitioned", "story.moved", "story.updated",
-    "story.invalid",
-})
-ERROR_CODES = frozenset({
-    "bad_request", "unknown_type", "invalid_filter", "forbidden", "rate_limited",
-    "too_many_subscriptions", "duplicate_sub", "unknown_sub",
-})
+SERVER_TYPES = frozenset(
+    {
+        "welcome",
+        "subscribed",
+        "snapshot",
+        "unsubscribed",
+        "heartbeat",
+        "pong",
+        "resync",
+        "published",
+        "error",
+    }
+)
+EVENT_TYPES = frozenset(
+    {
+        "story.created",
+        "story.deleted",
+        "story.transitioned",
+        "story.moved",
+        "story.updated",
+        "story.invalid",
+    }
+)
+ERROR_CODES = frozenset(
+    {
+        "bad_request",
+        "unknown_type",
+        "invalid_filter",
+        "forbidden",
+        "rate_limited",
+        "too_many_subscriptions",
+        "duplicate_sub",
+        "unknown_sub",
+    }
+)
 EPICS = ("integration", "ui", "api", "data")
-HOSTILE_PATHS = ("../x.md", "/etc/passwd", "a/../../x.md", "./a.md", "a//b.md", "a\\b.md",
-                 "a\x00b.md", "", "..", "x" * 3000)
+HOSTILE_PATHS = (
+    "../x.md",
+    "/etc/passwd",
+    "a/../../x.md",
+    "./a.md",
+    "a//b.md",
+    "a\\b.md",
+    "a\x00b.md",
+    "",
+    "..",
+    "x" * 3000,
+)
 
 # A high outbound budget: the good client must see every seq (no coalescing), and fuzzed
 # frames should reach the parser rather than the inbound limiter.
-FUZZ_LIMITS = {"rate_per_s": 100_000, "burst": 100_000, "inbound_per_s": 5_000,
-               "inbound_burst": 10_000}
+FUZZ_LIMITS = {
+    "rate_per_s": 100_000,
+    "burst": 100_000,
+    "inbound_per_s": 5_000,
+    "inbound_burst": 10_000,
+}
 
 
 def _no_constant(name: str) -> Any:
@@ -95,8 +132,23 @@ class FrameGen:
         r = self.rng
         pick = r.random()
         if pick < 0.3:
-            return r.choice(["", "s1", "f1", "f2", "ping", "subscribe", "story.created", "x" * 64,
-                             "x" * 65, "integration", "FZ-1", "<script>", "'\"\\"])
+            return r.choice(
+                [
+                    "",
+                    "s1",
+                    "f1",
+                    "f2",
+                    "ping",
+                    "subscribe",
+                    "story.created",
+                    "x" * 64,
+                    "x" * 65,
+                    "integration",
+                    "FZ-1",
+                    "<script>",
+                    "'\"\\",
+                ]
+            )
         if pick < 0.6:
             alphabet = "abcxyz-_ .:/\\\x00\x1f\x7f\t"
             return "".join(r.choice(alphabet) for _ in range(r.randint(0, 20)))
@@ -111,10 +163,23 @@ class FrameGen:
 
     def scalar(self) -> Any:
         r = self.rng
-        return r.choice([
-            None, True, False, 0, -1, 2**31, 2**63 + 1, -(10**30), 0.5, -1e300, 1e-300,
-            self.text(), self.text(),
-        ])
+        return r.choice(
+            [
+                None,
+                True,
+                False,
+                0,
+                -1,
+                2**31,
+                2**63 + 1,
+                -(10**30),
+                0.5,
+                -1e300,
+                1e-300,
+                self.text(),
+                self.text(),
+            ]
+        )
 
     def value(self, depth: int = 0) -> Any:
         r = self.rng
@@ -150,9 +215,16 @@ class FrameGen:
         kind = r.choice(["subscribe", "unsubscribe", "ping", "publish", "publish"])
         if kind == "subscribe":
             message: dict[str, Any] = {
-                "type": kind, "sub": f"f{r.randint(1, 5)}",
-                "filter": r.choice([{}, {"epics": [r.choice(EPICS)]}, {"statuses": ["done"]},
-                                    {"events": ["story.created"], "stories": ["FZ-1"]}]),
+                "type": kind,
+                "sub": f"f{r.randint(1, 5)}",
+                "filter": r.choice(
+                    [
+                        {},
+                        {"epics": [r.choice(EPICS)]},
+                        {"statuses": ["done"]},
+                        {"events": ["story.created"], "stories": ["FZ-1"]},
+                    ]
+                ),
             }
             if r.random() < 0.3:
                 message["snapshot"] = True
@@ -163,8 +235,11 @@ class FrameGen:
             return {"type": kind, "sub": f"f{r.randint(1, 5)}"}
         if kind == "ping":
             return {"type": kind, "nonce": self.value()}
-        return {"type": kind, "ref": f"r-{r.randint(0, 99)}",
-                "items": [self.item() for _ in range(r.randint(1, 3))]}
+        return {
+            "type": kind,
+            "ref": f"r-{r.randint(0, 99)}",
+            "items": [self.item() for _ in range(r.randint(1, 3))],
+        }
 
     def message(self) -> dict[str, Any]:
         """A valid message, or one with a field missing, of the wrong type or hostile."""
@@ -174,8 +249,9 @@ class FrameGen:
             return message
         for _ in range(r.randint(1, 2)):
             pick = r.random()
-            key = r.choice([*message, "sub", "ref", "filter", "items", "since", "snapshot",
-                            "source", "nonce"])
+            key = r.choice(
+                [*message, "sub", "ref", "filter", "items", "since", "snapshot", "source", "nonce"]
+            )
             if pick < 0.2:
                 message.pop(key, None)
             elif pick < 0.35 and _first_item(message) is not None:
@@ -185,8 +261,9 @@ class FrameGen:
                 else:
                     item["id"] = self.value()
             elif pick < 0.45 and _first_item(message) is not None:
-                message["items"][0] = r.choice([{"op": self.value()}, self.value(),
-                                                 {"op": "upsert", "story": self.value()}])
+                message["items"][0] = r.choice(
+                    [{"op": self.value()}, self.value(), {"op": "upsert", "story": self.value()}]
+                )
             else:
                 message[key] = self.value()
         return message
@@ -210,7 +287,7 @@ class FrameGen:
         if pick < 0.93:
             good = json.dumps(self.message())
             cut = r.randint(0, len(good))
-            return good[:cut] + self.text()[:5] + good[cut + 1:]
+            return good[:cut] + self.text()[:5] + good[cut + 1 :]
         if pick < 0.98:
             return json.dumps({"type": "ping", "nonce": "z" * r.randint(30_000, 65_400)})
         return json.dumps({"type": "ping", "nonce": "z" * r.randint(66_000, 200_000)})
@@ -306,8 +383,11 @@ async def wait_connections(daemon: Daemon, count: int) -> None:
 
 
 def error_lines(daemon: Daemon) -> list[str]:
-    return [line for line in daemon.stderr_lines
-            if " ERROR " in line or "Traceback" in line or "never retrieved" in line]
+    return [
+        line
+        for line in daemon.stderr_lines
+        if " ERROR " in line or "Traceback" in line or "never retrieved" in line
+    ]
 
 
 @pytest.fixture
@@ -329,8 +409,9 @@ async def opened() -> AsyncIterator[list[Any]]:
 
 
 async def _fuzz_connection(daemon: Daemon, opened: list[Any]) -> Any:
-    ws = await websockets.connect(daemon.ws_url("tok-admin"), subprotocols=["storywatch.v1"],
-                                  max_size=None)
+    ws = await websockets.connect(
+        daemon.ws_url("tok-admin"), subprotocols=["storywatch.v1"], max_size=None
+    )
     opened.append(ws)
     await ws.recv()  # welcome
     return ws
@@ -386,12 +467,15 @@ async def test_fuzzed_frames_get_defined_answers_while_a_good_client_keeps_recei
     stop.set()
     edits = await changer
     final = f"fuzz_edit: {edits}"
-    await follower.wait_for(lambda e: e["story_id"] == "UI-005"
-                            and e["story"].get("fuzz_edit") == edits)
+    await follower.wait_for(
+        lambda e: e["story_id"] == "UI-005" and e["story"].get("fuzz_edit") == edits
+    )
     file_events = [e for e in follower.events if e["story_id"] == "UI-005"]
-    print(f"\nfuzz: {CASES} frames in {elapsed:.1f} s (seed {SEED}): {answered} answered, "
-          f"closes {closes}; good client got {len(follower.events)} events in seq order, "
-          f"{len(file_events)} for {edits} file edits (last '{final}')")
+    print(
+        f"\nfuzz: {CASES} frames in {elapsed:.1f} s (seed {SEED}): {answered} answered, "
+        f"closes {closes}; good client got {len(follower.events)} events in seq order, "
+        f"{len(file_events)} for {edits} file edits (last '{final}')"
+    )
     assert len(file_events) >= edits // 3, "the good client stopped getting file events"
     assert daemon.proc is not None and daemon.proc.poll() is None
     await wait_connections(daemon, 1)  # only the good client: no leaked connection
@@ -439,14 +523,16 @@ async def test_abuse_closes_with_1008_and_big_frames_with_1009(
 
     story = repo / "ui" / "UI-005-dark-mode.md"
     story.write_text(story.read_text().replace("status: ready", "status: done", 1))
-    await follower.wait_for(lambda e: e["story_id"] == "UI-005" and e["type"] ==
-                            "story.transitioned")
+    await follower.wait_for(
+        lambda e: e["story_id"] == "UI-005" and e["type"] == "story.transitioned"
+    )
     await follower.client.close()
     assert error_lines(daemon) == []
 
 
-def _frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
-           masked: bool = True) -> bytes:
+def _frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, masked: bool = True
+) -> bytes:
     """One raw WebSocket frame, as a (possibly broken) client would write it."""
     first = (0x80 if fin else 0) | (rsv << 4) | opcode
     length = len(payload)
@@ -472,8 +558,11 @@ GARBAGE_FRAMES = [
     ("continuation of nothing", _frame(0x0, b"x"), {1002}),
     ("70 kB text frame", _frame(0x1, b"x" * 70_000), {1009}),
     ("close frame with a 1-byte payload", _frame(0x8, b"\x03"), {1002}),
-    ("fragments adding up past 64 KiB",
-     _frame(0x1, b"x" * 40_000, fin=False) + _frame(0x0, b"x" * 40_000), {1009}),
+    (
+        "fragments adding up past 64 KiB",
+        _frame(0x1, b"x" * 40_000, fin=False) + _frame(0x0, b"x" * 40_000),
+        {1009},
+    ),
 ]
 
 
@@ -517,33 +606,73 @@ HTTP_OK_STATUSES = {101, 200, 400, 401, 403, 404, 405, 414, 426, 429, 431, 503}
 
 def test_fuzzed_http_requests_get_defined_statuses(daemon: Daemon) -> None:
     rng = random.Random(SEED)
-    routes = ["/", "/healthz", "/metrics", "/ws", "/api/stories", "/api/stories/UI-005",
-              "/api/stories/%2e%2e%2fsecret", "/api/events", "/api/x", "/nope", "//api/stories",
-              "/api/stories/" + "a" * 3000, "/%ff", "*"]
+    routes = [
+        "/",
+        "/healthz",
+        "/metrics",
+        "/ws",
+        "/api/stories",
+        "/api/stories/UI-005",
+        "/api/stories/%2e%2e%2fsecret",
+        "/api/events",
+        "/api/x",
+        "/nope",
+        "//api/stories",
+        "/api/stories/" + "a" * 3000,
+        "/%ff",
+        "*",
+    ]
     keys = ["token", "tok%65n", "epics", "statuses", "since", "epoch", "wait", "stories", "x"]
-    values = ["tok-reader", "tok-integration", "bad", "integration", "-1", "1e999", "abc", "",
-              "%", "%zz", "0"]
+    values = [
+        "tok-reader",
+        "tok-integration",
+        "bad",
+        "integration",
+        "-1",
+        "1e999",
+        "abc",
+        "",
+        "%",
+        "%zz",
+        "0",
+    ]
     statuses: dict[int, int] = {}
     cases = max(100, CASES // 4)
     for _ in range(cases):
-        query = "&".join(f"{rng.choice(keys)}={rng.choice(values)}"
-                         for _ in range(rng.randint(0, 4)))
+        query = "&".join(
+            f"{rng.choice(keys)}={rng.choice(values)}" for _ in range(rng.randint(0, 4))
+        )
         route = rng.choice(routes)
         if route == "/api/events":
             query += "&wait=0"
         headers = [b"Host: 127.0.0.1"]
         if rng.random() < 0.5:
-            headers.append(b"Authorization: " + rng.choice(
-                [b"Bearer tok-reader", b"Bearer tok-integration", b"Bearer", b"Basic eA==",
-                 b"bearer tok-reader", b"Bearer  tok-reader ", b"tok-reader"]))
+            headers.append(
+                b"Authorization: "
+                + rng.choice(
+                    [
+                        b"Bearer tok-reader",
+                        b"Bearer tok-integration",
+                        b"Bearer",
+                        b"Basic eA==",
+                        b"bearer tok-reader",
+                        b"Bearer  tok-reader ",
+                        b"tok-reader",
+                    ]
+                )
+            )
         if rng.random() < 0.2:
-            headers.append(b"Origin: " + rng.choice(
-                [b"http://127.0.0.1", b"https://evil.example", b"null", b"file://"]))
+            headers.append(
+                b"Origin: "
+                + rng.choice([b"http://127.0.0.1", b"https://evil.example", b"null", b"file://"])
+            )
         if rng.random() < 0.2:
-            headers += [b"Upgrade: websocket", b"Connection: Upgrade",
-                        b"Sec-WebSocket-Version: " + rng.choice([b"13", b"8", b"x"]),
-                        b"Sec-WebSocket-Key: " + rng.choice([b"dGhlIHNhbXBsZSBub25jZQ==",
-                                                             b"short"])]
+            headers += [
+                b"Upgrade: websocket",
+                b"Connection: Upgrade",
+                b"Sec-WebSocket-Version: " + rng.choice([b"13", b"8", b"x"]),
+                b"Sec-WebSocket-Key: " + rng.choice([b"dGhlIHNhbXBsZSBub25jZQ==", b"short"]),
+            ]
         if rng.random() < 0.05:
             headers.append(b"X-Big: " + b"h" * 9000)
         method = rng.choice([b"GET", b"GET", b"GET", b"POST", b"HEAD", b"DELETE"])
@@ -571,8 +700,9 @@ def test_malformed_headers_are_refused_not_500(daemon: Daemon) -> None:
         b"Host: 127.0.0.1\r\nOrigin: http://127.0.0.1:8765.evil.example\r\n",
         b"Host: [::1\r\nOrigin: http://127.0.0.1\r\n",
     ]:
-        answer = _raw_http(daemon.port, b"GET /api/stories?token=tok-reader HTTP/1.1\r\n"
-                           + headers + b"\r\n")
+        answer = _raw_http(
+            daemon.port, b"GET /api/stories?token=tok-reader HTTP/1.1\r\n" + headers + b"\r\n"
+        )
         answers[headers] = int(answer.split(b" ", 2)[1])
     assert set(answers.values()) <= {400, 403}, answers
     assert error_lines(daemon) == []
@@ -587,8 +717,10 @@ async def test_nesting_sweep_never_closes_with_1011(
     closed_at: list[tuple[int, int | None]] = []
     for depth in range(1, 1100):
         nested = "[" * depth + "]" * depth
-        for frame in ('{"type": "ping", "nonce": ' + nested + "}",
-                      '{"type": "publish", "ref": ' + nested + ', "items": 5}'):
+        for frame in (
+            '{"type": "ping", "nonce": ' + nested + "}",
+            '{"type": "publish", "ref": ' + nested + ', "items": 5}',
+        ):
             try:
                 await _answers_to(ws, frame, f"d{depth}")
             except ConnectionClosed as exc:
@@ -607,8 +739,10 @@ async def test_one_bad_publish_does_not_take_the_service_down(
     daemon.wait_healthy()
     follower = await follow(daemon, opened)
     publisher = await connect(daemon, opened, "tok-publisher")
-    await publisher.ws.send('{"type": "publish", "ref": "p", "items": [{"op": "upsert", '
-                            '"story": {"id": "EVIL-1", "title": "\\udc00"}}]}')
+    await publisher.ws.send(
+        '{"type": "publish", "ref": "p", "items": [{"op": "upsert", '
+        '"story": {"id": "EVIL-1", "title": "\\udc00"}}]}'
+    )
     with contextlib.suppress(ConnectionClosed):
         await publisher.recv_until(lambda m: m["type"] in ("published", "error"), timeout=3)
     story = repo / "ui" / "UI-005-dark-mode.md"
@@ -627,8 +761,10 @@ async def test_published_stories_reach_clients_as_standard_json(
 ) -> None:
     follower = await follow(daemon, opened)
     publisher = await connect(daemon, opened, "tok-publisher")
-    await publisher.ws.send('{"type": "publish", "ref": "p", "items": [{"op": "upsert", '
-                            '"story": {"id": "NAN-1", "points": NaN}}]}')
+    await publisher.ws.send(
+        '{"type": "publish", "ref": "p", "items": [{"op": "upsert", '
+        '"story": {"id": "NAN-1", "points": NaN}}]}'
+    )
     reply, _ = await publisher.recv_until(lambda m: m["type"] in ("published", "error"))
     if reply["type"] == "published" and reply["count"]:
         await follower.wait_for(lambda e: e["story_id"] == "NAN-1", timeout=5)

@@ -25,9 +25,12 @@ from tests.integration.test_editors import Clients, assert_consecutive, assert_e
 pytestmark = pytest.mark.integration
 
 GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@example.com",
-    "GIT_COMMITTER_NAME": "Ada", "GIT_COMMITTER_EMAIL": "ada@example.com",
-    "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_AUTHOR_NAME": "Ada",
+    "GIT_AUTHOR_EMAIL": "ada@example.com",
+    "GIT_COMMITTER_NAME": "Ada",
+    "GIT_COMMITTER_EMAIL": "ada@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
 }
 
 
@@ -36,7 +39,10 @@ GIT_ENV = {
 
 def git(repo: Path, *args: str) -> str:
     result = subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        text=True,
         env={**os.environ, **GIT_ENV},
     )
     return result.stdout.strip()
@@ -46,7 +52,9 @@ def tree_files(repo: Path, rev: str, rules: PathRules | None = None) -> dict[str
     """path → blob sha of every file at ``rev`` that may be a story."""
     rules = rules or PathRules()
     out = subprocess.run(
-        ["git", "-C", str(repo), "ls-tree", "-r", "-z", rev], check=True, capture_output=True,
+        ["git", "-C", str(repo), "ls-tree", "-r", "-z", rev],
+        check=True,
+        capture_output=True,
     ).stdout.decode()
     files = {}
     for entry in out.split("\0"):
@@ -69,7 +77,8 @@ class Blobs:
     def get(self, sha: str) -> bytes:
         if sha not in self.cache:
             self.cache[sha] = subprocess.run(
-                ["git", "-C", str(self.repo), "cat-file", "blob", sha], check=True,
+                ["git", "-C", str(self.repo), "cat-file", "blob", sha],
+                check=True,
                 capture_output=True,
             ).stdout
         return self.cache[sha]
@@ -79,8 +88,10 @@ class Blobs:
         if not missing:
             return
         out = subprocess.run(
-            ["git", "-C", str(self.repo), "cat-file", "--batch"], check=True,
-            input="\n".join(missing).encode() + b"\n", capture_output=True,
+            ["git", "-C", str(self.repo), "cat-file", "--batch"],
+            check=True,
+            input="\n".join(missing).encode() + b"\n",
+            capture_output=True,
         ).stdout
         pos = 0
         for sha in missing:
@@ -98,8 +109,7 @@ def index_of(files: dict[str, str], blobs: Blobs) -> Index:
     return index
 
 
-def diff_trees(index: Index, old: dict[str, str], new: dict[str, str],
-               blobs: Blobs) -> list[Draft]:
+def diff_trees(index: Index, old: dict[str, str], new: dict[str, str], blobs: Blobs) -> list[Draft]:
     """Move ``index`` from tree ``old`` to tree ``new``; the events that takes."""
     changed = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
     blobs.prefetch(new[p] for p in changed if p in new)
@@ -121,7 +131,9 @@ def kinds(events: Iterable[Any]) -> collections.Counter[tuple[str, str]]:
 def compare(events: list[dict[str, Any]], drafts: list[Draft]) -> None:
     """Same (type, id) multiset, and the same content for each."""
     assert kinds(events) == kinds(drafts), (
-        sorted(kinds(events) - kinds(drafts)), sorted(kinds(drafts) - kinds(events)))
+        sorted(kinds(events) - kinds(drafts)),
+        sorted(kinds(drafts) - kinds(events)),
+    )
     by_key = {(d.type, d.story_id, d.path): d.to_json() for d in drafts}
     for event in events:
         expected = by_key[(event["type"], event["story_id"], event["path"])]
@@ -134,8 +146,14 @@ def compare(events: list[dict[str, Any]], drafts: list[Draft]) -> None:
 
 # -- a git checkout of fixtures/stories ---------------------------------------------------
 
-NEXT_STATUS = {"draft": "ready", "ready": "in-progress", "in-progress": "review",
-               "review": "done", "done": "draft", "blocked": "ready"}
+NEXT_STATUS = {
+    "draft": "ready",
+    "ready": "in-progress",
+    "in-progress": "review",
+    "review": "done",
+    "done": "draft",
+    "blocked": "ready",
+}
 
 
 @pytest.fixture
@@ -149,17 +167,18 @@ def git_repo(repo: Path) -> Path:
 def make_feature_branch(repo: Path) -> dict[str, Any]:
     """A branch changing many stories; returns what was done, for the reader."""
     git(repo, "checkout", "-q", "-b", "feature")
-    paths = sorted(
-        p for p in tree_files(repo, "HEAD") if "id:" in (repo / p).read_text()[:400]
-    )
+    paths = sorted(p for p in tree_files(repo, "HEAD") if "id:" in (repo / p).read_text()[:400])
     stories = [p for p in paths if (repo / p).read_text().startswith("---")]
     done: dict[str, Any] = {"status": [], "deleted": [], "renamed": [], "created": []}
     # 20 status changes
     for rel in stories[:20]:
         path = repo / rel
         text = path.read_text()
-        status = next(line.split(":", 1)[1].strip() for line in text.splitlines()
-                      if line.startswith("status:"))
+        status = next(
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("status:")
+        )
         path.write_text(text.replace(f"status: {status}", f"status: {NEXT_STATUS[status]}", 1))
         done["status"].append(rel)
     # 2 deletions, 2 pure renames, 1 rename with a status change, 1 body edit
@@ -172,10 +191,12 @@ def make_feature_branch(repo: Path) -> dict[str, Any]:
         done["renamed"].append(rel)
     moved_and_edited = repo / "archive" / Path(stories[24]).name
     text = moved_and_edited.read_text()
-    status = next(line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("status:"))
+    status = next(
+        line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("status:")
+    )
     moved_and_edited.write_text(
-        text.replace(f"status: {status}", f"status: {NEXT_STATUS[status]}", 1))
+        text.replace(f"status: {status}", f"status: {NEXT_STATUS[status]}", 1)
+    )
     body = repo / stories[25]
     body.write_text(body.read_text() + "\nOne more paragraph.\n")
     # a story whose YAML breaks, and a file taking an existing id
@@ -187,7 +208,8 @@ def make_feature_branch(repo: Path) -> dict[str, Any]:
     for n in range(3):
         (repo / "archive" / f"NEW-{n}.md").write_text(
             f"---\nid: NEW-{n}\ntitle: New {n}\nepic: ui\nstatus: draft\n"
-            f"created: 2025-10-0{n + 1}\n---\nBody {n}\n")
+            f"created: 2025-10-0{n + 1}\n---\nBody {n}\n"
+        )
         done["created"].append(f"archive/NEW-{n}.md")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "feature: many changes")
@@ -202,22 +224,30 @@ async def clients() -> AsyncIterator[Clients]:
 
 
 @pytest.fixture
-async def git_live(git_repo: Path, daemon_factory: type[Daemon], clients: Clients
-                   ) -> tuple[Daemon, Client, dict[str, Any]]:
+async def git_live(
+    git_repo: Path, daemon_factory: type[Daemon], clients: Clients
+) -> tuple[Daemon, Client, dict[str, Any]]:
     daemon = daemon_factory(git_repo).start()
     daemon.wait_healthy()
     client, subscribed = await clients.subscribed(daemon)
     return daemon, client, subscribed
 
 
-async def test_git_mv_is_moved(git_live: tuple[Daemon, Client, dict[str, Any]],
-                               git_repo: Path) -> None:
+async def test_git_mv_is_moved(
+    git_live: tuple[Daemon, Client, dict[str, Any]], git_repo: Path
+) -> None:
     _daemon, client, subscribed = git_live
     (git_repo / "ui" / "done").mkdir()
     git(git_repo, "mv", "ui/UI-005-dark-mode.md", "ui/done/UI-005-dark-mode.md")
     (event,) = await client.events(1)
-    assert_event(event, client.welcome["epoch"], type="story.moved", story_id="UI-005",
-                 path="ui/done/UI-005-dark-mode.md", subs=["s1"])
+    assert_event(
+        event,
+        client.welcome["epoch"],
+        type="story.moved",
+        story_id="UI-005",
+        path="ui/done/UI-005-dark-mode.md",
+        subs=["s1"],
+    )
     assert event["old_path"] == "ui/UI-005-dark-mode.md"
     assert event["changes"] == {} and event["body_changed"] is False
     assert event["seq"] == subscribed["seq"] + 1
@@ -228,8 +258,9 @@ async def test_git_mv_is_moved(git_live: tuple[Daemon, Client, dict[str, Any]],
     await client.no_event()
 
 
-async def test_git_mv_folder_moves_each_story(git_live: tuple[Daemon, Client, dict[str, Any]],
-                                              git_repo: Path) -> None:
+async def test_git_mv_folder_moves_each_story(
+    git_live: tuple[Daemon, Client, dict[str, Any]], git_repo: Path
+) -> None:
     _daemon, client, subscribed = git_live
     git(git_repo, "mv", "security/auth", "security/identity")
     events = await client.events(3)
@@ -242,8 +273,9 @@ async def test_git_mv_folder_moves_each_story(git_live: tuple[Daemon, Client, di
     await client.no_event()
 
 
-async def _checkout(client: Client, repo: Path, rev: str, drafts: list[Draft],
-                    after_seq: int) -> list[dict[str, Any]]:
+async def _checkout(
+    client: Client, repo: Path, rev: str, drafts: list[Draft], after_seq: int
+) -> list[dict[str, Any]]:
     git(repo, "checkout", "-q", rev)
     events = await client.events(len(drafts), timeout=5)
     await client.no_event()
@@ -295,8 +327,9 @@ async def test_checkout_branch_gives_exactly_the_right_events(
     assert {s["id"]: s for s in snapshot} == main_state
 
 
-async def test_checkout_detached_head(git_repo: Path, daemon_factory: type[Daemon],
-                                      clients: Clients) -> None:
+async def test_checkout_detached_head(
+    git_repo: Path, daemon_factory: type[Daemon], clients: Clients
+) -> None:
     make_feature_branch(git_repo)
     feature_sha = git(git_repo, "rev-parse", "feature")
     blobs = Blobs(git_repo)
@@ -331,8 +364,12 @@ async def test_batch_size_counts_the_events_of_the_batch(
         batches[event["source"]["batch"]].append(event)
     for batch, members in batches.items():
         sizes = {e["source"]["batch_size"] for e in members}
-        assert sizes == {len(members)}, (batch, sizes, len(members),
-                                          sorted(e["type"] for e in members))
+        assert sizes == {len(members)}, (
+            batch,
+            sizes,
+            len(members),
+            sorted(e["type"] for e in members),
+        )
 
 
 async def test_edit_after_commit_has_no_git_source(

@@ -70,12 +70,16 @@ HOSTILE: dict[str, tuple[Any, str]] = {
     "flow nesting 500 deep": (lambda i: front(i, "x: " + "[" * 500 + "]" * 500 + "\n"), "yaml"),
     "block nesting 120 deep": (lambda i: front(i, BLOCK_NESTING), "yaml"),
     "110 000 values": (lambda i: front(i, "x: [" + "1," * 110_000 + "1]\n"), "yaml"),
-    "python tag": (lambda i: front(i, "x: !!python/object/apply:os.system ['touch pwned']\n"),
-                   "yaml"),
+    "python tag": (
+        lambda i: front(i, "x: !!python/object/apply:os.system ['touch pwned']\n"),
+        "yaml",
+    ),
     "control characters": (lambda i: front(i, 'x: "\x00\x07"\n'), "yaml"),
     "not utf-8": (lambda i: front(i).replace(b"hostile", b"caf\xe9 cr\xe8me"), "unreadable"),
-    "binary": (lambda i: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(2048) + b"\xff",
-               "unreadable"),
+    "binary": (
+        lambda i: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(2048) + b"\xff",
+        "unreadable",
+    ),
     "just over 1 MiB": (lambda i: front(i, "pad: " + "x" * MiB + "\n"), "too_large"),
 }
 
@@ -123,8 +127,9 @@ def healthz(daemon: Daemon) -> dict[str, Any]:
 
 
 def api(daemon: Daemon, path: str, token: str = "tok-reader") -> bytes:
-    request = urllib.request.Request(daemon.http + path,
-                                     headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        daemon.http + path, headers={"Authorization": f"Bearer {token}"}
+    )
     with urllib.request.urlopen(request, timeout=scaled(5)) as response:
         body: bytes = response.read()
         return body
@@ -321,8 +326,7 @@ async def test_links_fifos_and_folders_are_not_story_files(
         replaced[story_id] = kind
     for _ in replaced:
         event, _ = await client.recv_until(
-            lambda m: str(m.get("type", "")).startswith("story.")
-            and m.get("story_id") in replaced
+            lambda m: str(m.get("type", "")).startswith("story.") and m.get("story_id") in replaced
         )
         assert event["type"] == "story.deleted", (replaced[event["story_id"]], event)
 
@@ -334,8 +338,13 @@ async def test_links_fifos_and_folders_are_not_story_files(
     assert event["path"] == "alias.md"
 
     # What is outside never shows: not in the API, not in a snapshot, not in /api/events.
-    everything = [api(daemon, "/api/stories"), api(daemon, "/api/events?wait=0&since=0&epoch="
-                  + json.loads(api(daemon, "/api/stories"))["epoch"])]
+    everything = [
+        api(daemon, "/api/stories"),
+        api(
+            daemon,
+            "/api/events?wait=0&since=0&epoch=" + json.loads(api(daemon, "/api/stories"))["epoch"],
+        ),
+    ]
     _, snapshot = await client.subscribe("again", {}, snapshot=True)
     everything.append(json.dumps(snapshot).encode())
     for blob in everything:
@@ -353,19 +362,25 @@ def _setpriv_works() -> bool:
         return False
     probe = subprocess.run(
         ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "true"],
-        capture_output=True, check=False,
+        capture_output=True,
+        check=False,
     )
     return probe.returncode == 0
 
 
 @pytest.mark.skipif(not _setpriv_works(), reason="needs root and setpriv to drop DAC override")
 async def test_permission_denied_is_unreadable(
-    repo: Path, tmp_path: Path, daemon_factory: type[Daemon], monkeypatch: pytest.MonkeyPatch,
-    connect: Connect
+    repo: Path,
+    tmp_path: Path,
+    daemon_factory: type[Daemon],
+    monkeypatch: pytest.MonkeyPatch,
+    connect: Connect,
 ) -> None:
     wrapper = tmp_path / "python-without-dac-override"
-    wrapper.write_text("#!/bin/sh\nexec setpriv --bounding-set=-dac_override,-dac_read_search "
-                       f'"{sys.executable}" "$@"\n')
+    wrapper.write_text(
+        "#!/bin/sh\nexec setpriv --bounding-set=-dac_override,-dac_read_search "
+        f'"{sys.executable}" "$@"\n'
+    )
     wrapper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(wrapper))
     daemon = daemon_factory(repo, config=FAST).start()
@@ -450,7 +465,8 @@ async def test_deleted_root_keeps_the_daemon_serving(
     with contextlib.suppress(TimeoutError):
         while True:
             event, _ = await client.recv_until(
-                lambda m: str(m.get("type", "")).startswith("story."), timeout=1)
+                lambda m: str(m.get("type", "")).startswith("story."), timeout=1
+            )
             before.append(event)
     assert {m["type"] for m in before} <= {"story.deleted"}, before
     health = healthz(daemon)
@@ -479,8 +495,13 @@ async def test_recreated_root_is_watched_again(
     path.write_text(path.read_text().replace("status: ready", "status: done", 1))
     try:
         event, _ = await client.recv_until(
-            lambda m: m.get("story_id") == "UI-005" and m["type"] != "story.deleted"
-            and m["story"].get("status") == "done", timeout=scaled(6))
+            lambda m: (
+                m.get("story_id") == "UI-005"
+                and m["type"] != "story.deleted"
+                and m["story"].get("status") == "done"
+            ),
+            timeout=scaled(6),
+        )
     except TimeoutError:
         event = None
     assert event is not None or healthz(daemon)["status"] != "ok"
@@ -551,9 +572,11 @@ async def test_5000_stories_moved_in_at_once(
     path.write_text(path.read_text().replace("status: ready", "status: done", 1))
     event = await next_event_of(client, "UI-005")
     assert event["type"] == "story.transitioned"
-    print(f"\n5000 stories moved in: all created in {elapsed:.2f} s; daemon RSS "
-          f"{rss_before // 1024} MB before, peak {peak // 1024} MB "
-          f"(+{(peak - rss_before) // 1024} MB)")
+    print(
+        f"\n5000 stories moved in: all created in {elapsed:.2f} s; daemon RSS "
+        f"{rss_before // 1024} MB before, peak {peak // 1024} MB "
+        f"(+{(peak - rss_before) // 1024} MB)"
+    )
     assert peak - rss_before < 120 * 1024, "RSS grew by more than 120 MB for 5000 stories"
     await client.close()
     assert_alive(daemon)

@@ -30,8 +30,9 @@ INT4 = Path("integration") / "INT-004-slack-notification-bridge.md"  # blocked
 class LongPoll:
     """One GET in a thread: its answer and how long it took."""
 
-    def __init__(self, daemon: Daemon, path: str, token: str = "tok-reader",
-                 timeout: float = 40) -> None:
+    def __init__(
+        self, daemon: Daemon, path: str, token: str = "tok-reader", timeout: float = 40
+    ) -> None:
         self.result: tuple[int, Any] | None = None
         self.error: BaseException | None = None
         self.started = time.monotonic()
@@ -79,8 +80,9 @@ def idle_long_poll(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LongPol
     daemon = Daemon(copy_fixtures(workdir / "stories"), workdir).start()
     try:
         health = daemon.wait_healthy()
-        poll = LongPoll(daemon, f"/api/events?epoch={health['epoch']}&since={health['seq']}"
-                                f"&wait=15")
+        poll = LongPoll(
+            daemon, f"/api/events?epoch={health['epoch']}&since={health['seq']}&wait=15"
+        )
         yield poll
     finally:
         daemon.stop()
@@ -121,8 +123,9 @@ def test_stories_list_with_filters_and_scope(api: Daemon) -> None:
     assert want and want != {i for i, s in disk.items() if s["epic"] in ("api", "ui")}
     assert ids(body["stories"]) == want
     status, body = http_get(api, "/api/stories?statuses=done&statuses=blocked")
-    assert ids(body["stories"]) == {i for i, s in disk.items()
-                                    if s["status"] in ("done", "blocked")}
+    assert ids(body["stories"]) == {
+        i for i, s in disk.items() if s["status"] in ("done", "blocked")
+    }
     status, body = http_get(api, "/api/stories?labels=websocket")
     assert status == 200 and "INT-002" in ids(body["stories"]), body
     status, body = http_get(api, "/api/stories?epics=nothing-like-this")
@@ -167,8 +170,7 @@ def test_story_detail_body_follows_the_file(api: Daemon) -> None:
     epoch, seq = current(api)
     path = api.repo / API1
     path.write_text(path.read_text() + "\nA line added by the HTTP API test.\n")
-    status, body = http_get(api, f"/api/events?epoch={epoch}&since={seq}&wait=10",
-                            timeout=20)
+    status, body = http_get(api, f"/api/events?epoch={epoch}&since={seq}&wait=10", timeout=20)
     assert status == 200, body
     (event,) = body["events"]
     assert event["type"] == "story.updated" and event["body_changed"] is True, event
@@ -179,9 +181,7 @@ def test_story_detail_body_follows_the_file(api: Daemon) -> None:
 # -- auth ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path", ["/api/stories", "/api/stories/API-002", "/api/events?wait=0"]
-)
+@pytest.mark.parametrize("path", ["/api/stories", "/api/stories/API-002", "/api/events?wait=0"])
 def test_api_auth(api: Daemon, path: str) -> None:
     assert http_get(api, path, None)[0] == 401
     assert http_get(api, path, "tok-unknown")[0] == 401
@@ -217,8 +217,10 @@ async def test_long_poll_returns_a_change_within_2s(api: Daemon) -> None:
         assert event["to"] == status and event["seq"] == seq + 1, event
         assert body["seq"] == seq + 1
         seq = body["seq"]
-    print("\nlong-poll latency from file write to answer: "
-          + ", ".join(f"{x * 1000:.0f} ms" for x in latencies))
+    print(
+        "\nlong-poll latency from file write to answer: "
+        + ", ".join(f"{x * 1000:.0f} ms" for x in latencies)
+    )
     assert max(latencies) < scaled(2)
 
     # Events already there: the answer comes at once, with all of them in order.
@@ -259,8 +261,7 @@ async def test_long_poll_empty_after_wait_and_lost_cursors(api: Daemon) -> None:
 
 async def test_long_poll_follows_token_scope(api: Daemon) -> None:
     epoch, seq = await asyncio.to_thread(current, api)
-    scoped = LongPoll(api, f"/api/events?epoch={epoch}&since={seq}&wait=10",
-                      "tok-integration")
+    scoped = LongPoll(api, f"/api/events?epoch={epoch}&since={seq}&wait=10", "tok-integration")
     await asyncio.sleep(0.3)
     set_status(api.repo / API1, "review")  # not visible to tok-integration
     code, body = await asyncio.to_thread(
@@ -283,8 +284,7 @@ async def test_long_poll_follows_token_scope(api: Daemon) -> None:
     (event,) = body["events"]
     assert event["type"] == "story.deleted" and event["reason"] == "out_of_scope", event
     assert event["story_id"] == "INT-004" and event["story"]["epic"] == "integration", event
-    status, _ = await asyncio.to_thread(http_get, api, "/api/stories/INT-004",
-                                        "tok-integration")
+    status, _ = await asyncio.to_thread(http_get, api, "/api/stories/INT-004", "tok-integration")
     assert status == 404
 
 

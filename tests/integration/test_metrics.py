@@ -33,8 +33,9 @@ COALESCED = "storywatch_coalesced_total"
 YAML_ERRORS = 'storywatch_parse_errors_total{reason="yaml"}'
 
 
-async def wait_metric(daemon: Daemon, name: str, at_least: float,
-                      timeout: float = 10) -> dict[str, float]:
+async def wait_metric(
+    daemon: Daemon, name: str, at_least: float, timeout: float = 10
+) -> dict[str, float]:
     """Every metric, once ``name`` reached ``at_least`` (counters move right after the
     frame is written, so a client may see the frame a moment before)."""
     deadline = time.monotonic() + scaled(timeout)
@@ -57,13 +58,16 @@ async def test_counters_move(repo: Path, daemon_factory: type[Daemon]) -> None:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = resp.read().decode()
-    for family, kind in (("storywatch_events", "counter"), ("storywatch_deliveries", "counter"),
-                         ("storywatch_connections", "gauge"),
-                         ("storywatch_delivery_latency_seconds", "histogram"),
-                         ("storywatch_batch_size", "histogram"),
-                         ("storywatch_coalesced", "counter"),
-                         ("storywatch_parse_errors", "counter"),
-                         ("storywatch_dropped", "counter")):
+    for family, kind in (
+        ("storywatch_events", "counter"),
+        ("storywatch_deliveries", "counter"),
+        ("storywatch_connections", "gauge"),
+        ("storywatch_delivery_latency_seconds", "histogram"),
+        ("storywatch_batch_size", "histogram"),
+        ("storywatch_coalesced", "counter"),
+        ("storywatch_parse_errors", "counter"),
+        ("storywatch_dropped", "counter"),
+    ):
         suffix = "(_total)?" if kind == "counter" else ""
         assert re.search(rf"^# TYPE {family}{suffix} {kind}$", text, re.M), family
     before = metric_values(text)
@@ -86,8 +90,10 @@ async def test_counters_move(repo: Path, daemon_factory: type[Daemon]) -> None:
         assert after[LATENCY] == before.get(LATENCY, 0) + 1
         assert after[DELIVERIES] == before.get(DELIVERIES, 0) + 1
         assert after["storywatch_delivery_latency_seconds_sum"] < scaled(1)
-        print(f"\nfile settled → frame written: "
-              f"{after['storywatch_delivery_latency_seconds_sum'] * 1000:.1f} ms")
+        print(
+            f"\nfile settled → frame written: "
+            f"{after['storywatch_delivery_latency_seconds_sum'] * 1000:.1f} ms"
+        )
 
         # Three more edits, each its own batch, faster than the budget (the burst token is
         # spent): they wait in the outbox and merge into what is pending for the story.
@@ -95,8 +101,11 @@ async def test_counters_move(repo: Path, daemon_factory: type[Daemon]) -> None:
         for status in ("review", "done", "blocked"):
             set_status(daemon.repo / UI5, status)
             code, body = await asyncio.to_thread(
-                http_get, daemon, f"/api/events?epoch={epoch}&since={seq}&wait=10",
-                "tok-reader", 20,
+                http_get,
+                daemon,
+                f"/api/events?epoch={epoch}&since={seq}&wait=10",
+                "tok-reader",
+                20,
             )
             assert code == 200 and len(body["events"]) == 1, body
             seq = body["seq"]
@@ -114,8 +123,10 @@ async def test_counters_move(repo: Path, daemon_factory: type[Daemon]) -> None:
             assert e["from"] == previous, e
             assert e["changes"]["status"] == {"old": e["from"], "new": e["to"]}, e
             previous = e["to"]
-        print("coalesced frames: " + ", ".join(
-            f"{e['from']}→{e['to']} ×{e.get('coalesced', 1)}" for e in got))
+        print(
+            "coalesced frames: "
+            + ", ".join(f"{e['from']}→{e['to']} ×{e.get('coalesced', 1)}" for e in got)
+        )
         values = await wait_metric(daemon, COALESCED, before.get(COALESCED, 0) + 1)
         assert values[TRANSITIONED] == before.get(TRANSITIONED, 0) + 4
         assert values[BATCHES] == before.get(BATCHES, 0) + 4
@@ -137,9 +148,7 @@ async def test_counters_move(repo: Path, daemon_factory: type[Daemon]) -> None:
     assert subscribed["epoch"] == epoch
 
 
-async def test_metrics_need_admin_when_not_public(
-    repo: Path, daemon_factory: type[Daemon]
-) -> None:
+async def test_metrics_need_admin_when_not_public(repo: Path, daemon_factory: type[Daemon]) -> None:
     daemon = daemon_factory(repo, config={"server": {"metrics_public": False}}).start()
     daemon.wait_healthy()
     assert http_get(daemon, "/metrics", None)[0] == 401

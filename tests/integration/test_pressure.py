@@ -47,8 +47,9 @@ _FRONT = re.compile(rb"\A(?:\xef\xbb\xbf)?---\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z
 _STATUS_LINE = re.compile(rb"(?m)^status:[^\r\n]*")
 
 
-def http_get(daemon: Daemon, path: str, token: str | None = "tok-reader",
-             timeout: float = 10) -> tuple[int, Any]:
+def http_get(
+    daemon: Daemon, path: str, token: str | None = "tok-reader", timeout: float = 10
+) -> tuple[int, Any]:
     """(status, parsed JSON body or text) of a GET on the daemon; blocking."""
     request = urllib.request.Request(daemon.http + path)
     if token is not None:
@@ -97,7 +98,7 @@ def set_status(path: Path, status: str) -> None:
     assert match is not None, path
     block, n = _STATUS_LINE.subn(b"status: " + status.encode(), match.group(1), count=1)
     assert n == 1, path
-    path.write_bytes(data[: match.start(1)] + block + data[match.end(1):])
+    path.write_bytes(data[: match.start(1)] + block + data[match.end(1) :])
 
 
 def metric_values(text: str) -> dict[str, float]:
@@ -118,8 +119,14 @@ def metrics(daemon: Daemon, token: str | None = None) -> dict[str, float]:
     return metric_values(body)
 
 
-def poll_events(daemon: Daemon, epoch: str, since: int, until: int,
-                timeout: float = 60, token: str = "tok-reader") -> list[dict[str, Any]]:
+def poll_events(
+    daemon: Daemon,
+    epoch: str,
+    since: int,
+    until: int,
+    timeout: float = 60,
+    token: str = "tok-reader",
+) -> list[dict[str, Any]]:
     """Long-poll ``/api/events`` from ``since`` until the stream reaches seq ``until``;
     every event in between (blocking)."""
     events: list[dict[str, Any]] = []
@@ -127,8 +134,9 @@ def poll_events(daemon: Daemon, epoch: str, since: int, until: int,
     cursor = since
     while cursor < until:
         assert time.monotonic() < deadline, f"stream stuck at seq {cursor}, want {until}"
-        status, body = http_get(daemon, f"/api/events?epoch={epoch}&since={cursor}&wait=5",
-                                token, timeout=15)
+        status, body = http_get(
+            daemon, f"/api/events?epoch={epoch}&since={cursor}&wait=5", token, timeout=15
+        )
         assert status == 200, (status, body)
         assert body["recovered"] is True, body
         assert body["epoch"] == epoch, body
@@ -186,8 +194,7 @@ Generated for the pressure test.
 class Watcher:
     """One WebSocket client that reads continuously: snapshot, then events into a state."""
 
-    def __init__(self, name: str, token: str, flt: dict[str, Any],
-                 visible: Iterable[str]) -> None:
+    def __init__(self, name: str, token: str, flt: dict[str, Any], visible: Iterable[str]) -> None:
         self.name = name
         self.token = token
         self.filter = flt
@@ -202,9 +209,7 @@ class Watcher:
 
     async def start(self, daemon: Daemon) -> None:
         self.client = await Client.connect(daemon.ws_url(self.token))
-        subscribed, stories = await self.client.subscribe(
-            "s1", self.filter, snapshot=True
-        )
+        subscribed, stories = await self.client.subscribe("s1", self.filter, snapshot=True)
         assert subscribed["type"] == "subscribed", subscribed
         self.snapshot_seq = subscribed["seq"]
         self.state = {s["id"]: s.get("status") for s in stories}
@@ -243,9 +248,7 @@ class Watcher:
                 await self.task
 
 
-async def test_200_clients_burst_of_2000_changes(
-    repo: Path, daemon_factory: type[Daemon]
-) -> None:
+async def test_200_clients_burst_of_2000_changes(repo: Path, daemon_factory: type[Daemon]) -> None:
     for n in range(1, EXTRA + 1):
         path = repo / "load" / f"LOAD-{n:03d}.md"
         path.parent.mkdir(exist_ok=True)
@@ -261,10 +264,13 @@ async def test_200_clients_burst_of_2000_changes(
     # Budget: burst 300 covers every filtered client (at most 9 stories x 10 rounds), while
     # the unfiltered ones, at 50 events/s, must fall behind the stream (hundreds of
     # events/s) and coalesce, even on a slow machine.
-    daemon = daemon_factory(repo, config={
-        "watch": {"settle_ms": 50},
-        "limits": {"rate_per_s": 50, "burst": 300, "max_connections_per_token": 1000},
-    }).start()
+    daemon = daemon_factory(
+        repo,
+        config={
+            "watch": {"settle_ms": 50},
+            "limits": {"rate_per_s": 50, "burst": 300, "max_connections_per_token": 1000},
+        },
+    ).start()
     health = daemon.wait_healthy()
     epoch, seq0 = health["epoch"], health["seq"]
     assert health["stories"] == 50 + EXTRA
@@ -274,8 +280,7 @@ async def test_200_clients_burst_of_2000_changes(
     watchers: list[Watcher] = []
     for i in range(160):
         if i % 8 == 7:
-            watchers.append(Watcher(f"scoped-{i}", "tok-integration", {},
-                                    by_epic["integration"]))
+            watchers.append(Watcher(f"scoped-{i}", "tok-integration", {}, by_epic["integration"]))
         else:
             epic = FIXTURE_EPICS[i % len(FIXTURE_EPICS)]
             token = "tok-reader" if i % 2 else "tok-admin"
@@ -316,8 +321,10 @@ async def test_200_clients_burst_of_2000_changes(
         assert len(reference) == ROUNDS * len(ids)
         assert [e["seq"] for e in reference] == list(range(seq0 + 1, seq0 + 2001))
         assert all(e["type"] == "story.transitioned" for e in reference)
-        print(f"2000 changes written and in the stream in {burst_s:.1f}s "
-              f"({2000 / burst_s:.0f} events/s)")
+        print(
+            f"2000 changes written and in the stream in {burst_s:.1f}s "
+            f"({2000 / burst_s:.0f} events/s)"
+        )
 
         # Barrier: a pong queued after the last event arrives after it.
         barrier_started = time.monotonic()
@@ -338,8 +345,9 @@ async def test_200_clients_burst_of_2000_changes(
             want = [e for e in reference if e["story_id"] in w.visible]
             assert len(want) == len(w.visible) * ROUNDS
             got = [(e["seq"], e["story_id"], e["type"], e["from"], e["to"]) for e in w.events]
-            assert got == [(e["seq"], e["story_id"], e["type"], e["from"], e["to"])
-                           for e in want], w.name
+            assert got == [
+                (e["seq"], e["story_id"], e["type"], e["from"], e["to"]) for e in want
+            ], w.name
             assert not any("coalesced" in e for e in w.events), w.name
 
         coalesced_clients = 0
@@ -354,8 +362,10 @@ async def test_200_clients_burst_of_2000_changes(
             for e in merged:
                 assert e["type"] == "story.transitioned" and e["coalesced"] >= 2, e
                 assert e["from"] != e["to"], e
-        print(f"unfiltered clients: {coalesced_clients}/40 got coalesced events; "
-              f"frames per client min {min(frames)} max {max(frames)} (of 2000 events)")
+        print(
+            f"unfiltered clients: {coalesced_clients}/40 got coalesced events; "
+            f"frames per client min {min(frames)} max {max(frames)} (of 2000 events)"
+        )
         assert coalesced_clients > 0
     finally:
         await asyncio.gather(*(w.close() for w in watchers), return_exceptions=True)
@@ -387,10 +397,12 @@ class RawWebSocket:
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
-            (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-             f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: storywatch.v1\r\n"
-             f"Authorization: Bearer {token}\r\n\r\n").encode()
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: storywatch.v1\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n"
+            ).encode()
         )
         data = b""
         while b"\r\n\r\n" not in data:
@@ -469,16 +481,16 @@ class RawWebSocket:
             if n == 126:
                 if pos + 2 > len(data):
                     return out, start
-                (n,) = struct.unpack("!H", data[pos:pos + 2])
+                (n,) = struct.unpack("!H", data[pos : pos + 2])
                 pos += 2
             elif n == 127:
                 if pos + 8 > len(data):
                     return out, start
-                (n,) = struct.unpack("!Q", data[pos:pos + 8])
+                (n,) = struct.unpack("!Q", data[pos : pos + 8])
                 pos += 8
             if pos + n > len(data):
                 return out, start
-            out.append((b0 & 0x0F, bytes(data[pos:pos + n])))
+            out.append((b0 & 0x0F, bytes(data[pos : pos + n])))
             pos += n
         return out, pos
 
@@ -498,9 +510,13 @@ async def test_client_that_never_reads_is_closed_1013_others_keep_receiving(
         big.append(path)
     # A short replay buffer, so that what the daemon keeps of history stays small and the
     # RSS measured is what connections cost.
-    daemon = daemon_factory(repo, config={
-        "limits": {"write_timeout_s": 2}, "backend": {"buffer_size": 40},
-    }).start()
+    daemon = daemon_factory(
+        repo,
+        config={
+            "limits": {"write_timeout_s": 2},
+            "backend": {"buffer_size": 40},
+        },
+    ).start()
     health = daemon.wait_healthy()
     epoch, seq = health["epoch"], health["seq"]
     assert daemon.proc is not None
@@ -546,9 +562,11 @@ async def test_client_that_never_reads_is_closed_1013_others_keep_receiving(
         frames = RawWebSocket.frames(data)
         closes = [payload for opcode, payload in frames if opcode == 8]
         code = struct.unpack("!H", closes[0][:2])[0] if closes else 1006
-        print(f"\nslow client dropped {detected - (emitted - started):.1f}s after the last of "
-              f"{rounds} rounds ({detected:.1f}s after the first); read "
-              f"{len(data) / 1e6:.1f} MB, {len(frames)} frames, then {how}; close code {code}")
+        print(
+            f"\nslow client dropped {detected - (emitted - started):.1f}s after the last of "
+            f"{rounds} rounds ({detected:.1f}s after the first); read "
+            f"{len(data) / 1e6:.1f} MB, {len(frames)} frames, then {how}; close code {code}"
+        )
         assert how in ("close", "eof", "reset"), "the server kept the stalled connection open"
         assert code in (1013, 1006), code
         if how == "close":
@@ -565,10 +583,12 @@ async def test_client_that_never_reads_is_closed_1013_others_keep_receiving(
         assert not any("coalesced" in e for e in received)
         assert {e["to"] for e in received[-BIG_STORIES:]} == {"after"}
         rss_after = rss_kib(pid)
-        print(f"daemon RSS before {rss_before / 1024:.1f} MiB, after "
-              f"{rss_after / 1024:.1f} MiB (+{(rss_after - rss_before) / 1024:.1f} MiB), "
-              f"peak while stalled {rss_peak / 1024:.1f} MiB; "
-              f"{len(received)} events of ~100 kB delivered to the good client")
+        print(
+            f"daemon RSS before {rss_before / 1024:.1f} MiB, after "
+            f"{rss_after / 1024:.1f} MiB (+{(rss_after - rss_before) / 1024:.1f} MiB), "
+            f"peak while stalled {rss_peak / 1024:.1f} MiB; "
+            f"{len(received)} events of ~100 kB delivered to the good client"
+        )
         assert rss_after - rss_before < 100 * 1024
         assert rss_peak - rss_before < 100 * 1024
         await wait_connections(daemon, 1)
@@ -590,9 +610,13 @@ async def test_client_that_never_reads_at_all_is_released(
         path.parent.mkdir(exist_ok=True)
         path.write_text(BIG_STORY.format(n=n, blob=blob))
         big.append(path)
-    daemon = daemon_factory(repo, config={
-        "limits": {"write_timeout_s": 2}, "backend": {"buffer_size": 40},
-    }).start()
+    daemon = daemon_factory(
+        repo,
+        config={
+            "limits": {"write_timeout_s": 2},
+            "backend": {"buffer_size": 40},
+        },
+    ).start()
     daemon.wait_healthy()
     assert daemon.proc is not None
     good = await Client.connect(daemon.ws_url())
@@ -627,7 +651,8 @@ async def test_client_that_never_reads_at_all_is_released(
                 raise AssertionError(
                     f"{time.monotonic() - dropped:.1f}s after the write timeout the stalled "
                     f"connection is still open (healthz connections {body['connections']}, "
-                    f"daemon RSS {rss:.0f} MiB)")
+                    f"daemon RSS {rss:.0f} MiB)"
+                )
             await asyncio.sleep(0.2)
         print(f"\nstalled connection released {time.monotonic() - dropped:.1f}s after the drop")
         # The socket is closed on the server's side: reading it ends.
@@ -660,8 +685,10 @@ async def test_inbound_flood_rate_limited_then_1008_other_client_unaffected(
         elapsed = time.monotonic() - started
         kinds = [m["type"] for m in replies]
         limited = [m for m in replies if m["type"] == "error"]
-        print(f"\nflood: {len(replies)} replies in {elapsed:.2f}s: {kinds.count('pong')} pongs, "
-              f"{len(limited)} rate_limited, then close {code}")
+        print(
+            f"\nflood: {len(replies)} replies in {elapsed:.2f}s: {kinds.count('pong')} pongs, "
+            f"{len(limited)} rate_limited, then close {code}"
+        )
         assert code == 1008, code
         assert flood.ws.close_reason, "1008 without a reason"
         # Within the limit (burst 50, plus what refilled meanwhile) every ping is answered.
@@ -714,9 +741,12 @@ async def test_inbound_burst_in_one_write_is_told_rate_limited_before_1008(
 
 @pytest.fixture
 def limited(repo: Path, daemon_factory: type[Daemon]) -> Daemon:
-    daemon = daemon_factory(repo, config={
-        "limits": {"max_connections": 3, "max_connections_per_token": 2},
-    }).start()
+    daemon = daemon_factory(
+        repo,
+        config={
+            "limits": {"max_connections": 3, "max_connections_per_token": 2},
+        },
+    ).start()
     daemon.wait_healthy()
     return daemon
 

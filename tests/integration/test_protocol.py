@@ -31,8 +31,16 @@ from tests.integration.test_editors import (
 
 pytestmark = pytest.mark.integration
 
-ERROR_CODES = {"bad_request", "unknown_type", "invalid_filter", "forbidden", "rate_limited",
-               "too_many_subscriptions", "duplicate_sub", "unknown_sub"}
+ERROR_CODES = {
+    "bad_request",
+    "unknown_type",
+    "invalid_filter",
+    "forbidden",
+    "rate_limited",
+    "too_many_subscriptions",
+    "duplicate_sub",
+    "unknown_sub",
+}
 
 
 @pytest.fixture
@@ -80,8 +88,16 @@ async def closed_with(client: Client, timeout: float = 5) -> int | None:
 async def test_welcome(shared: Daemon, clients: Clients) -> None:
     client = await clients.open(shared)
     welcome = client.welcome
-    assert set(welcome) >= {"type", "session", "server", "epoch", "seq", "heartbeat_s", "user",
-                            "scopes"}
+    assert set(welcome) >= {
+        "type",
+        "session",
+        "server",
+        "epoch",
+        "seq",
+        "heartbeat_s",
+        "user",
+        "scopes",
+    }
     assert isinstance(welcome["session"], str) and welcome["session"]
     assert welcome["server"].startswith("storywatch/") and len(welcome["server"]) > 11
     health = shared.wait_healthy()
@@ -123,9 +139,13 @@ async def test_subscribe_and_unsubscribe(daemon: Daemon, repo: Path, clients: Cl
     await client.send({"type": "subscribe", "sub": "s1", "filter": {"epics": ["ui"]}})
     subscribed = await client.recv()
     assert subscribed == {
-        "type": "subscribed", "sub": "s1", "filter": {"epics": ["ui"]},
-        "epoch": client.welcome["epoch"], "seq": client.welcome["seq"],
-        "recovered": None, "replayed": 0,
+        "type": "subscribed",
+        "sub": "s1",
+        "filter": {"epics": ["ui"]},
+        "epoch": client.welcome["epoch"],
+        "seq": client.welcome["seq"],
+        "recovered": None,
+        "replayed": 0,
     }
     edit(repo / UI5, "priority: low", "priority: high")
     (event,) = await client.events(1)
@@ -142,11 +162,16 @@ async def test_subscribe_and_unsubscribe(daemon: Daemon, repo: Path, clients: Cl
     assert event["subs"] == ["s1"] and event["seq"] == subscribed["seq"] + 1
 
 
-async def test_event_sent_once_with_every_matching_sub(daemon: Daemon, repo: Path,
-                                                       clients: Clients) -> None:
+async def test_event_sent_once_with_every_matching_sub(
+    daemon: Daemon, repo: Path, clients: Clients
+) -> None:
     client = await clients.open(daemon)
-    for sub, flt in (("by-epic", {"epics": ["ui"]}), ("by-status", {"statuses": ["ready"]}),
-                     ("other", {"epics": ["api"]}), ("all", {})):
+    for sub, flt in (
+        ("by-epic", {"epics": ["ui"]}),
+        ("by-status", {"statuses": ["ready"]}),
+        ("other", {"epics": ["api"]}),
+        ("all", {}),
+    ):
         subscribed, _ = await client.subscribe(sub, flt)
         assert subscribed["type"] == "subscribed"
     edit(repo / UI5, "priority: low", "priority: high")
@@ -181,17 +206,22 @@ async def test_filters(daemon: Daemon, repo: Path, clients: Clients) -> None:
         client, subscribed = await clients.subscribed(daemon, filter=flt, sub=f"f{n}")
         assert subscribed["filter"] == {k: sorted(v) for k, v in flt.items()}
         filtered.append((client, flt, expected))
-    new_story = NEW_STORY.replace("owner: frontend-team", "owner: frontend-team\n"
-                                  "assignees: [alice]")
+    new_story = NEW_STORY.replace(
+        "owner: frontend-team", "owner: frontend-team\nassignees: [alice]"
+    )
     steps = {
         # UI-005: ui, ready, no labels, frontend-team → in-progress
         "E1": lambda: edit(repo / UI5, "status: ready", "status: in-progress"),
         # API-004: api, ready, labels [api, openapi, docs]: an update
-        "E2": lambda: edit(repo / "api/v1/API-004-publish-openapi-schema.md",
-                           "priority:", "reviewed: true\npriority:"),
+        "E2": lambda: edit(
+            repo / "api/v1/API-004-publish-openapi-schema.md",
+            "priority:",
+            "reviewed: true\npriority:",
+        ),
         # DATA-006: data, draft, labels [data, export, csv] → ready
-        "E3": lambda: edit(repo / "data/DATA-006-export-board-to-csv.md",
-                           "status: draft", "status: ready"),
+        "E3": lambda: edit(
+            repo / "data/DATA-006-export-board-to-csv.md", "status: draft", "status: ready"
+        ),
         "E4": lambda: (repo / "ui" / "NEW-001.md").write_text(new_story),
         # SEC-004: security, draft, labels [security, secrets, redaction], deleted
         "E5": lambda: os.remove(repo / "security/SEC-004-secret-scanning-in-story-bodies.md"),
@@ -215,26 +245,31 @@ async def test_filters(daemon: Daemon, repo: Path, clients: Clients) -> None:
 
 async def test_filtered_snapshot_and_http_listing(shared: Daemon, clients: Clients) -> None:
     client = await clients.open(shared)
-    _, stories = await client.subscribe("s1", {"epics": ["ui"], "statuses": ["draft", "done"]},
-                                        snapshot=True)
+    _, stories = await client.subscribe(
+        "s1", {"epics": ["ui"], "statuses": ["draft", "done"]}, snapshot=True
+    )
     assert sorted(s["id"] for s in stories) == ["UI-001", "UI-004", "UI-007"]
     status, listing = http_get(shared, "/api/stories?epics=ui&statuses=draft&statuses=done")
     assert status == 200
     assert [s["id"] for s in listing["stories"]] == ["UI-001", "UI-004", "UI-007"]
-    _, stories = await client.subscribe("s2", {"owners": ["data-team"], "labels": ["sqlite"]},
-                                        snapshot=True)
+    _, stories = await client.subscribe(
+        "s2", {"owners": ["data-team"], "labels": ["sqlite"]}, snapshot=True
+    )
     assert sorted(s["id"] for s in stories) == ["DATA-001", "DATA-007"]
     _subscribed, stories = await client.subscribe("s3", {"epics": ["none"]}, snapshot=True)
     assert stories == []
 
 
-@pytest.mark.parametrize("bad", [
-    {"epic": ["ui"]},  # unknown key
-    {"epics": "ui"},  # not a list
-    {"statuses": [1, 2]},  # not strings
-    {"events": ["story.exploded"]},  # unknown event type
-    ["ui"],  # not an object
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"epic": ["ui"]},  # unknown key
+        {"epics": "ui"},  # not a list
+        {"statuses": [1, 2]},  # not strings
+        {"events": ["story.exploded"]},  # unknown event type
+        ["ui"],  # not an object
+    ],
+)
 async def test_invalid_filter(bad: Any, shared: Daemon, clients: Clients) -> None:
     client = await clients.open(shared)
     await client.send({"type": "subscribe", "sub": "s1", "filter": bad})
@@ -256,11 +291,11 @@ def add_generated_stories(repo: Path, count: int) -> None:
         (folder / f"GEN-{n:04d}.md").write_text(
             f"---\nid: GEN-{n:04d}\ntitle: Generated story {n}\nepic: gen\n"
             f"status: {('draft', 'ready', 'done')[n % 3]}\nlabels: [gen]\n"
-            f"created: 2025-09-{n % 28 + 1:02d}\n---\nBody of {n}.\n")
+            f"created: 2025-09-{n % 28 + 1:02d}\n---\nBody of {n}.\n"
+        )
 
 
-async def test_snapshot_chunks(repo: Path, daemon_factory: type[Daemon],
-                               clients: Clients) -> None:
+async def test_snapshot_chunks(repo: Path, daemon_factory: type[Daemon], clients: Clients) -> None:
     add_generated_stories(repo, 1200)
     daemon = daemon_factory(repo).start()
     daemon.wait_healthy()
@@ -283,8 +318,9 @@ async def test_snapshot_chunks(repo: Path, daemon_factory: type[Daemon],
     assert len(set(ids)) == 1250
     assert all("path" in s and "body" not in s for c in chunks for s in c["stories"])
     # a filtered snapshot is chunked on what matches
-    _, stories = await client.subscribe("s2", {"statuses": ["ready"], "epics": ["gen"]},
-                                        snapshot=True)
+    _, stories = await client.subscribe(
+        "s2", {"statuses": ["ready"], "epics": ["gen"]}, snapshot=True
+    )
     assert len(stories) == 400
     # live events follow the snapshot with no gap
     edit(repo / "generated" / "GEN-0001.md", "status: ready", "status: done")
@@ -292,8 +328,9 @@ async def test_snapshot_chunks(repo: Path, daemon_factory: type[Daemon],
     assert event["seq"] == chunks[-1]["seq"] + 1 and sorted(event["subs"]) == ["s1", "s2"]
 
 
-async def test_snapshot_then_live_has_no_gap_while_busy(daemon: Daemon, repo: Path,
-                                                        clients: Clients) -> None:
+async def test_snapshot_then_live_has_no_gap_while_busy(
+    daemon: Daemon, repo: Path, clients: Clients
+) -> None:
     stop = asyncio.Event()
 
     async def churn() -> None:
@@ -301,10 +338,11 @@ async def test_snapshot_then_live_has_no_gap_while_busy(daemon: Daemon, repo: Pa
         path = repo / "documentation" / "DOC-001-protocol-reference.md"
         while not stop.is_set():
             text = path.read_text()
-            path.write_text(text.replace("priority:", f"churn: {n}\npriority:", 1)
-                            if "churn:" not in text else
-                            "\n".join(line for line in text.split("\n")
-                                      if not line.startswith("churn:")))
+            path.write_text(
+                text.replace("priority:", f"churn: {n}\npriority:", 1)
+                if "churn:" not in text
+                else "\n".join(line for line in text.split("\n") if not line.startswith("churn:"))
+            )
             n += 1
             await asyncio.sleep(0.05)
 
@@ -341,18 +379,25 @@ async def test_reconnect_with_since_replays_exactly_the_missed_events(
     steps = [  # one event per story: see test_replay_keeps_every_event_of_one_story
         lambda: edit(repo / UI5, "status: ready", "status: in-progress"),
         lambda: (repo / "ui" / "NEW-001.md").write_text(NEW_STORY),
-        lambda: os.rename(repo / "ui/board/UI-004-keyboard-navigation.md",
-                          repo / "UI-004-keyboard-navigation.md"),
+        lambda: os.rename(
+            repo / "ui/board/UI-004-keyboard-navigation.md", repo / "UI-004-keyboard-navigation.md"
+        ),
         lambda: os.remove(repo / "api" / "API-007-rate-limit-headers.md"),
-        lambda: edit(repo / "api/v1/API-004-publish-openapi-schema.md", "priority:", "x: 1\n"
-                     "priority:"),
+        lambda: edit(
+            repo / "api/v1/API-004-publish-openapi-schema.md", "priority:", "x: 1\npriority:"
+        ),
     ]
     missed = []
     for step in steps:
         step()
         missed.extend(await watcher.events(1))
-    assert [e["type"] for e in missed] == ["story.transitioned", "story.created", "story.moved",
-                                           "story.deleted", "story.updated"]
+    assert [e["type"] for e in missed] == [
+        "story.transitioned",
+        "story.created",
+        "story.moved",
+        "story.deleted",
+        "story.updated",
+    ]
 
     again = await clients.open(daemon)
     assert again.welcome["seq"] == missed[-1]["seq"]
@@ -366,7 +411,8 @@ async def test_reconnect_with_since_replays_exactly_the_missed_events(
         assert got["replay"] is True
         assert got["subs"] == ["s1"]
         assert {k: v for k, v in got.items() if k not in ("replay", "subs")} == {
-            k: v for k, v in want.items() if k != "subs"}
+            k: v for k, v in want.items() if k != "subs"
+        }
     # then live, no gap, no duplicate
     edit(repo / "ui/UI-003-connection-status-indicator.md", "priority:", "x: 1\npriority:")
     (live,) = await again.events(1)
@@ -385,8 +431,9 @@ async def test_replay_is_filtered(daemon: Daemon, repo: Path, clients: Clients) 
     edit(repo / "ui/board/UI-004-keyboard-navigation.md", "status: draft", "status: done")
     events = await watcher.events(1)
     client = await clients.open(daemon)
-    await client.send({"type": "subscribe", "sub": "ui", "filter": {"epics": ["ui"]},
-                       "since": cursor})
+    await client.send(
+        {"type": "subscribe", "sub": "ui", "filter": {"epics": ["ui"]}, "since": cursor}
+    )
     subscribed = await client.recv()
     assert subscribed["recovered"] is True and subscribed["replayed"] == 2
     replayed = await client.events(2)
@@ -395,8 +442,9 @@ async def test_replay_is_filtered(daemon: Daemon, repo: Path, clients: Clients) 
     await client.no_event(0.3)
 
 
-async def test_replay_seams_have_no_gap_and_no_duplicate(daemon: Daemon, repo: Path,
-                                                         clients: Clients) -> None:
+async def test_replay_seams_have_no_gap_and_no_duplicate(
+    daemon: Daemon, repo: Path, clients: Clients
+) -> None:
     stop = asyncio.Event()
 
     paths = sorted(p for p in repo.rglob("*.md") if p.read_text().startswith("---\nid:"))
@@ -416,8 +464,14 @@ async def test_replay_seams_have_no_gap_and_no_duplicate(daemon: Daemon, repo: P
         await client.close()
         await asyncio.sleep(0.3)  # events go on while we are away
         again = await clients.open(daemon)
-        await again.send({"type": "subscribe", "sub": "s1", "filter": {},
-                          "since": {"epoch": before[-1]["epoch"], "seq": before[-1]["seq"]}})
+        await again.send(
+            {
+                "type": "subscribe",
+                "sub": "s1",
+                "filter": {},
+                "since": {"epoch": before[-1]["epoch"], "seq": before[-1]["seq"]},
+            }
+        )
         subscribed, _ = await again.recv_until(lambda m: m["type"] == "subscribed")
         assert subscribed["recovered"] is True and subscribed["replayed"] >= 1
         after = await again.events(subscribed["replayed"] + 5)
@@ -429,8 +483,7 @@ async def test_replay_seams_have_no_gap_and_no_duplicate(daemon: Daemon, repo: P
     assert flags == [True] * subscribed["replayed"] + [False] * 5
 
 
-async def test_since_that_cannot_be_resumed(daemon: Daemon, repo: Path,
-                                            clients: Clients) -> None:
+async def test_since_that_cannot_be_resumed(daemon: Daemon, repo: Path, clients: Clients) -> None:
     watcher, subscribed = await clients.subscribed(daemon)
     epoch = subscribed["epoch"]
     edit(repo / UI5, "priority: low", "priority: high")
@@ -447,42 +500,60 @@ async def test_since_that_cannot_be_resumed(daemon: Daemon, repo: Path,
         assert answer["recovered"] is False and answer["replayed"] == 0, answer
     await client.no_event(0.3)
     # the current seq: recovered, nothing to replay
-    await client.send({"type": "subscribe", "sub": "now", "filter": {},
-                       "since": {"epoch": epoch, "seq": 1}})
+    await client.send(
+        {"type": "subscribe", "sub": "now", "filter": {}, "since": {"epoch": epoch, "seq": 1}}
+    )
     answer = await client.recv()
     assert answer["recovered"] is True and answer["replayed"] == 0
     # seq 0 on a fresh stream replays everything
-    await client.send({"type": "subscribe", "sub": "all", "filter": {},
-                       "since": {"epoch": epoch, "seq": 0}})
+    await client.send(
+        {"type": "subscribe", "sub": "all", "filter": {}, "since": {"epoch": epoch, "seq": 0}}
+    )
     answer = await client.recv()
     assert answer["recovered"] is True and answer["replayed"] == 1
     (event,) = await client.events(1)
     assert event["seq"] == 1 and event["replay"] is True and event["subs"] == ["all"]
     # since with a snapshot: recovered says whether replay was possible; the snapshot
     # replaces the replay
-    _, stories = await client.subscribe("snap", {}, since={"epoch": epoch, "seq": 0},
-                                        snapshot=True)
+    _, stories = await client.subscribe("snap", {}, since={"epoch": epoch, "seq": 0}, snapshot=True)
     assert len(stories) == 50
     await client.no_event(0.3)
 
 
-async def test_since_older_than_the_buffer(repo: Path, daemon_factory: type[Daemon],
-                                           clients: Clients) -> None:
+async def test_since_older_than_the_buffer(
+    repo: Path, daemon_factory: type[Daemon], clients: Clients
+) -> None:
     daemon = daemon_factory(repo, config={"backend": {"buffer_size": 3}}).start()
     daemon.wait_healthy()
     watcher, subscribed = await clients.subscribed(daemon)
-    for rel in ("ui/UI-005-dark-mode.md", "ui/UI-003-connection-status-indicator.md",
-                "ui/board/UI-001-live-board-kanban-columns.md",
-                "ui/board/UI-002-story-detail-drawer.md", "ui/board/UI-006-filter-bar.md"):
+    for rel in (
+        "ui/UI-005-dark-mode.md",
+        "ui/UI-003-connection-status-indicator.md",
+        "ui/board/UI-001-live-board-kanban-columns.md",
+        "ui/board/UI-002-story-detail-drawer.md",
+        "ui/board/UI-006-filter-bar.md",
+    ):
         edit(repo / rel, "priority:", "x: 1\npriority:")
         await watcher.events(1)
     client = await clients.open(daemon)
-    await client.send({"type": "subscribe", "sub": "old", "filter": {},
-                       "since": {"epoch": subscribed["epoch"], "seq": 1}})
+    await client.send(
+        {
+            "type": "subscribe",
+            "sub": "old",
+            "filter": {},
+            "since": {"epoch": subscribed["epoch"], "seq": 1},
+        }
+    )
     answer = await client.recv()
     assert answer["recovered"] is False and answer["replayed"] == 0
-    await client.send({"type": "subscribe", "sub": "ok", "filter": {},
-                       "since": {"epoch": subscribed["epoch"], "seq": 2}})
+    await client.send(
+        {
+            "type": "subscribe",
+            "sub": "ok",
+            "filter": {},
+            "since": {"epoch": subscribed["epoch"], "seq": 2},
+        }
+    )
     answer = await client.recv()
     assert answer["recovered"] is True and answer["replayed"] == 3
     events = await client.events(3)
@@ -553,8 +624,9 @@ async def test_duplicate_and_unknown_sub(shared: Daemon, clients: Clients) -> No
     await still_open(client)
 
 
-async def test_too_many_subscriptions(repo: Path, daemon_factory: type[Daemon],
-                                      clients: Clients) -> None:
+async def test_too_many_subscriptions(
+    repo: Path, daemon_factory: type[Daemon], clients: Clients
+) -> None:
     # a generous inbound budget so the 65 subscribes are not rate limited
     daemon = daemon_factory(repo, config={"limits": {"inbound_burst": 500}}).start()
     client = await clients.open(daemon)
@@ -570,8 +642,9 @@ async def test_too_many_subscriptions(repo: Path, daemon_factory: type[Daemon],
     assert subscribed["type"] == "subscribed"
 
 
-async def test_rate_limited_then_closed_on_sustained_abuse(shared: Daemon,
-                                                           clients: Clients) -> None:
+async def test_rate_limited_then_closed_on_sustained_abuse(
+    shared: Daemon, clients: Clients
+) -> None:
     client = await clients.open(shared)
     for n in range(60):
         await client.send({"type": "ping", "nonce": n})
@@ -634,8 +707,9 @@ async def test_heartbeat(repo: Path, daemon_factory: type[Daemon], clients: Clie
     started = asyncio.get_running_loop().time()
     beats = []
     for _ in range(2):
-        beat, _ = await client.recv_until(lambda m: m["type"] == "heartbeat", timeout=2,
-                                          skip_heartbeats=False)
+        beat, _ = await client.recv_until(
+            lambda m: m["type"] == "heartbeat", timeout=2, skip_heartbeats=False
+        )
         beats.append(beat)
     elapsed = asyncio.get_running_loop().time() - started
     assert elapsed <= scaled(1.5)
@@ -644,12 +718,13 @@ async def test_heartbeat(repo: Path, daemon_factory: type[Daemon], clients: Clie
     # heartbeats carry the latest seq
     edit(repo / UI5, "priority: low", "priority: high")
     beat, _ = await client.recv_until(
-        lambda m: m["type"] == "heartbeat" and m["seq"] == 1, timeout=3, skip_heartbeats=False)
+        lambda m: m["type"] == "heartbeat" and m["seq"] == 1, timeout=3, skip_heartbeats=False
+    )
 
 
-async def test_sigterm_closes_clients_1001_and_exits_0(repo: Path,
-                                                       daemon_factory: type[Daemon],
-                                                       clients: Clients) -> None:
+async def test_sigterm_closes_clients_1001_and_exits_0(
+    repo: Path, daemon_factory: type[Daemon], clients: Clients
+) -> None:
     daemon = daemon_factory(repo).start()
     first, _ = await clients.subscribed(daemon)
     second = await clients.open(daemon, "tok-admin")
@@ -661,8 +736,7 @@ async def test_sigterm_closes_clients_1001_and_exits_0(repo: Path,
     assert code == 0
 
 
-async def test_sigint_exits_0(repo: Path, daemon_factory: type[Daemon],
-                              clients: Clients) -> None:
+async def test_sigint_exits_0(repo: Path, daemon_factory: type[Daemon], clients: Clients) -> None:
     daemon = daemon_factory(repo).start()
     client = await clients.open(daemon)
     daemon.signal(signal.SIGINT)
@@ -682,11 +756,13 @@ async def test_events_carry_the_sub_ids_of_this_connection_only(
     assert a["subs"] == ["mine"] and b["subs"] == ["yours"]
     assert_event(a, one.welcome["epoch"])
     assert {k: v for k, v in a.items() if k != "subs"} == {
-        k: v for k, v in b.items() if k != "subs"}
+        k: v for k, v in b.items() if k != "subs"
+    }
 
 
-async def test_replay_keeps_every_event_of_one_story(daemon: Daemon, repo: Path,
-                                                     clients: Clients) -> None:
+async def test_replay_keeps_every_event_of_one_story(
+    daemon: Daemon, repo: Path, clients: Clients
+) -> None:
     """Replay is not rate limited: every missed event of a story arrives, none merged."""
     watcher, subscribed = await clients.subscribed(daemon)
     cursor = {"epoch": subscribed["epoch"], "seq": subscribed["seq"]}
@@ -702,6 +778,9 @@ async def test_replay_keeps_every_event_of_one_story(daemon: Daemon, repo: Path,
     assert answer["recovered"] is True and answer["replayed"] == 3
     replayed = await client.events(3, timeout=3)
     assert [e["seq"] for e in replayed] == [1, 2, 3]
-    assert [e["type"] for e in replayed] == ["story.updated", "story.transitioned",
-                                             "story.transitioned"]
+    assert [e["type"] for e in replayed] == [
+        "story.updated",
+        "story.transitioned",
+        "story.transitioned",
+    ]
     assert all("coalesced" not in e for e in replayed)

@@ -27,7 +27,9 @@ def redis_daemon(
     factory: type[Daemon], repo: Path, redis: RedisServer, command: str, *extra: str
 ) -> Daemon:
     return factory(
-        repo, command=command, backend="redis",
+        repo,
+        command=command,
+        backend="redis",
         extra_args=["--redis-url", redis.url, *extra],
     )
 
@@ -100,7 +102,8 @@ async def test_leader_failover_loses_and_duplicates_nothing(
     set_status(repo, "UI-005", "review")
     events = await watcher.events(2, timeout=25)
     assert {(e["story_id"], e["type"]) for e in events} == {
-        ("API-002", "story.transitioned"), ("UI-005", "story.transitioned"),
+        ("API-002", "story.transitioned"),
+        ("UI-005", "story.transitioned"),
     }
     assert [e["seq"] for e in events] == [before["seq"] + 1, before["seq"] + 2]
     assert all(e["source"].get("startup") for e in events)

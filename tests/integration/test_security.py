@@ -64,10 +64,14 @@ async def connect() -> AsyncIterator[Connect]:
             await asyncio.wait_for(client.close(), 2)
 
 
-def entry(name: str, token: str, scopes: list[str], epics: list[str] | None = None
-          ) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(),
-                           "scopes": scopes}
+def entry(
+    name: str, token: str, scopes: list[str], epics: list[str] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": name,
+        "sha256": hashlib.sha256(token.encode()).hexdigest(),
+        "scopes": scopes,
+    }
     if epics is not None:
         out["epics"] = epics
     return out
@@ -80,10 +84,16 @@ def edit(repo: Path, rel: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def http(daemon: Daemon, path: str, token: str | None = "tok-reader",
-         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(daemon.http + path, headers={
-        **({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})})
+def http(
+    daemon: Daemon,
+    path: str,
+    token: str | None = "tok-reader",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        daemon.http + path,
+        headers={**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=scaled(10)) as response:
             return response.status, response.read()
@@ -103,8 +113,11 @@ async def ws_status(url: str, **kwargs: Any) -> int:
 
 
 def error_lines(daemon: Daemon) -> list[str]:
-    return [line for line in daemon.stderr_lines if " ERROR " in line or "Traceback" in line
-            or '"level": "error"' in line]
+    return [
+        line
+        for line in daemon.stderr_lines
+        if " ERROR " in line or "Traceback" in line or '"level": "error"' in line
+    ]
 
 
 # -- epic-scoped tokens ----------------------------------------------------------------------
@@ -128,8 +141,9 @@ class Watch:
         for key, change in message.get("changes", {}).items():
             assert SECRET not in json.dumps(change), (key, message)
 
-    async def until(self, predicate: Callable[[dict[str, Any]], bool],
-                    timeout: float = 10) -> dict[str, Any]:
+    async def until(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
+    ) -> dict[str, Any]:
         message, before = await self.client.recv_until(predicate, timeout)
         for seen in [*before, message]:
             self.check(seen)
@@ -139,13 +153,15 @@ class Watch:
     async def event_of(self, story_id: str, timeout: float = 10) -> dict[str, Any]:
         return await self.until(
             lambda m: str(m.get("type", "")).startswith("story.") and m["story_id"] == story_id,
-            timeout)
+            timeout,
+        )
 
 
 async def marker(watch: Watch, repo: Path, n: int) -> list[dict[str, Any]]:
     """An integration story created last: every event caused before it has arrived."""
     (repo / "integration" / f"zz-marker-{n}.md").write_text(
-        f"---\nid: ZZ-MARK-{n}\ntitle: marker\nepic: integration\nstatus: draft\n---\n")
+        f"---\nid: ZZ-MARK-{n}\ntitle: marker\nepic: integration\nstatus: draft\n---\n"
+    )
     count = len(watch.frames)
     await watch.event_of(f"ZZ-MARK-{n}")
     return [f for f in watch.frames[count:-1] if str(f.get("type", "")).startswith("story.")]
@@ -155,20 +171,25 @@ async def test_epic_scoped_token_never_sees_another_epic(
     repo: Path, daemon_factory: type[Daemon], connect: Connect
 ) -> None:
     # A small outbound budget so that events of one story get coalesced.
-    daemon = daemon_factory(repo, config={
-        "watch": {"settle_ms": 20, "delete_grace_ms": 100},
-        "limits": {"rate_per_s": 4, "burst": 2},
-    }).start()
+    daemon = daemon_factory(
+        repo,
+        config={
+            "watch": {"settle_ms": 20, "delete_grace_ms": 100},
+            "limits": {"rate_per_s": 4, "burst": 2},
+        },
+    ).start()
     epoch = daemon.wait_healthy()["epoch"]
     client = await connect(daemon.ws_url("tok-integration"))
     watch = Watch(client, {"integration"})
     _, snapshot = await client.subscribe("all", {}, snapshot=True)
     for story in snapshot:
         watch.check(story | {"changes": {}})
-    assert sorted(s["id"] for s in snapshot) == sorted(
-        f"INT-00{n}" for n in range(1, 9))
-    for sub, flt in (("to-ui", {"epics": ["ui"]}), ("done", {"statuses": ["done"]}),
-                     ("ids", {"stories": ["UI-005", "UI-003"]})):
+    assert sorted(s["id"] for s in snapshot) == sorted(f"INT-00{n}" for n in range(1, 9))
+    for sub, flt in (
+        ("to-ui", {"epics": ["ui"]}),
+        ("done", {"statuses": ["done"]}),
+        ("ids", {"stories": ["UI-005", "UI-003"]}),
+    ):
         reply, _ = await client.subscribe(sub, flt)
         assert reply["type"] == "subscribed"  # a filter naming other epics is no error
 
@@ -176,9 +197,11 @@ async def test_epic_scoped_token_never_sees_another_epic(
     edit(repo, UI5, "status: ready", f"status: {SECRET}-status")
     edit(repo, UI5, "title: ", f"title: {SECRET} ")
     (repo / "ui" / "UI-003-connection-status-indicator.md").write_text(
-        (repo / UI3).read_text().replace("title: ", f"title: {SECRET} broken: [", 1))
+        (repo / UI3).read_text().replace("title: ", f"title: {SECRET} broken: [", 1)
+    )
     (repo / "integration" / "dup-of-ui5.md").write_text(
-        f"---\nid: UI-005\nepic: integration\ntitle: {SECRET} dup\n---\n")
+        f"---\nid: UI-005\nepic: integration\ntitle: {SECRET} dup\n---\n"
+    )
     (repo / "api" / "API-007-rate-limit-headers.md").unlink()
     assert await marker(watch, repo, 1) == []
 
@@ -195,9 +218,13 @@ async def test_epic_scoped_token_never_sees_another_epic(
     assert await marker(watch, repo, 2) == []
 
     # A ui story enters integration: in_scope, its new state only, no old ui values.
-    ui3 = (repo / UI3)
-    ui3.write_text((repo / UI3).read_text().replace(f"title: {SECRET} broken: [", "title: ", 1)
-                   .replace("epic: ui", "epic: integration", 1))
+    ui3 = repo / UI3
+    ui3.write_text(
+        (repo / UI3)
+        .read_text()
+        .replace(f"title: {SECRET} broken: [", "title: ", 1)
+        .replace("epic: ui", "epic: integration", 1)
+    )
     entered = await watch.event_of("UI-003")
     assert entered["type"] == "story.created" and entered["reason"] == "in_scope"
     assert all(change["old"] is None for change in entered["changes"].values())
@@ -227,12 +254,17 @@ async def test_epic_scoped_token_never_sees_another_epic(
 
     # A broken integration story is reported; its duplicate in another epic shows the
     # owner's state only (the duplicate's own content never).
-    edit(repo, Path("integration") / "INT-008-editor-temp-file-handling.md", "title: ",
-         "title: [unclosed ")
+    edit(
+        repo,
+        Path("integration") / "INT-008-editor-temp-file-handling.md",
+        "title: ",
+        "title: [unclosed ",
+    )
     invalid = await watch.event_of("INT-008")
     assert invalid["type"] == "story.invalid" and invalid["error"]["reason"] == "yaml"
     (repo / "ui" / "dup-of-int1.md").write_text(
-        f"---\nid: INT-001\nepic: ui\ntitle: {SECRET} dup\n---\n{SECRET}\n")
+        f"---\nid: INT-001\nepic: ui\ntitle: {SECRET} dup\n---\n{SECRET}\n"
+    )
     duplicate = await watch.event_of("INT-001")
     assert duplicate["type"] == "story.invalid"
     assert duplicate["error"]["reason"] == "duplicate_id"
@@ -242,8 +274,9 @@ async def test_epic_scoped_token_never_sees_another_epic(
 
     # Errors say nothing about other epics.
     await client.send({"type": "unsubscribe", "sub": "UI-005"})
-    await client.send({"type": "publish", "ref": "UI-005", "items": [
-        {"op": "delete", "id": "UI-005"}]})
+    await client.send(
+        {"type": "publish", "ref": "UI-005", "items": [{"op": "delete", "id": "UI-005"}]}
+    )
     await client.send({"type": "subscribe", "sub": "all", "filter": {}})
     for _ in range(3):
         error = await watch.until(lambda m: m["type"] == "error")
@@ -252,14 +285,16 @@ async def test_epic_scoped_token_never_sees_another_epic(
     # Replay of the whole history: the same views, nothing more.
     replayer = await connect(daemon.ws_url("tok-integration"))
     replay_watch = Watch(replayer, {"integration"})
-    await replayer.send({"type": "subscribe", "sub": "r", "filter": {},
-                         "since": {"epoch": epoch, "seq": 0}})
+    await replayer.send(
+        {"type": "subscribe", "sub": "r", "filter": {}, "since": {"epoch": epoch, "seq": 0}}
+    )
     resumed = await replay_watch.until(lambda m: m["type"] == "subscribed")
     assert resumed["recovered"] is True and resumed["replayed"] > 0
     # (Replayed events are paced and coalesced like live ones; the duplicate's invalid
     # event, never coalesced, is the last one this token may see.)
-    await replay_watch.until(lambda m: m.get("type") == "story.invalid"
-                             and m["story_id"] == "INT-001")
+    await replay_watch.until(
+        lambda m: m.get("type") == "story.invalid" and m["story_id"] == "INT-001"
+    )
     replayed = [f for f in replay_watch.frames if str(f.get("type")).startswith("story.")]
     assert replayed and all(f.get("replay") for f in replayed)
 
@@ -273,15 +308,15 @@ async def test_epic_scoped_token_never_sees_another_epic(
         assert status == (200 if story_id == "UI-005" else 404), (story_id, body)
         assert SECRET.encode() not in body
     status, missing = http(daemon, "/api/stories/NO-SUCH", "tok-integration")
-    assert (status, missing) == (404, http(daemon, "/api/stories/API-009",
-                                           "tok-integration")[1])
+    assert (status, missing) == (404, http(daemon, "/api/stories/API-009", "tok-integration")[1])
     status, body = http(daemon, f"/api/events?wait=0&epoch={epoch}&since=0", "tok-integration")
     for event in json.loads(body)["events"]:
         watch.check(event)
     status, body = http(daemon, "/api/stories?epics=ui&epics=api", "tok-integration")
     assert (status, json.loads(body)["stories"]) == (200, [])  # asking does not widen it
-    status, body = http(daemon, "/api/stories?stories=UI-003&stories=UI-005&stories=API-009",
-                        "tok-integration")
+    status, body = http(
+        daemon, "/api/stories?stories=UI-003&stories=UI-005&stories=API-009", "tok-integration"
+    )
     assert sorted(s["id"] for s in json.loads(body)["stories"]) == ["UI-003", "UI-005"]
     assert error_lines(daemon) == []
 
@@ -310,19 +345,28 @@ async def test_scoped_publisher_cannot_reach_other_epics(
     for ref, item in refused:
         reply = await publish(ref, item)
         assert reply["type"] == "error" and reply["code"] == "forbidden", (ref, reply)
-    reply = await publish("ok", {"op": "upsert", "story": {
-        "id": "INT-900", "epic": "integration", "path": "integration/INT-900.md"}})
+    reply = await publish(
+        "ok",
+        {
+            "op": "upsert",
+            "story": {"id": "INT-900", "epic": "integration", "path": "integration/INT-900.md"},
+        },
+    )
     assert reply["type"] == "published" and reply["count"] == 1
     (event,) = await reader.events(1)
     assert event["story_id"] == "INT-900"
     await reader.no_event(0.3)
 
 
-@pytest.mark.parametrize("story", [
-    pytest.param({"id": "INT-999", "epic": "integration", "path": UI5.as_posix()},
-                 id="explicit-path"),
-    pytest.param({"id": UI5.as_posix(), "epic": "integration"}, id="id-as-path"),
-])
+@pytest.mark.parametrize(
+    "story",
+    [
+        pytest.param(
+            {"id": "INT-999", "epic": "integration", "path": UI5.as_posix()}, id="explicit-path"
+        ),
+        pytest.param({"id": UI5.as_posix(), "epic": "integration"}, id="id-as-path"),
+    ],
+)
 async def test_scoped_publisher_cannot_displace_a_story_by_path(
     repo: Path, daemon_factory: type[Daemon], connect: Connect, story: dict[str, Any]
 ) -> None:
@@ -332,8 +376,9 @@ async def test_scoped_publisher_cannot_displace_a_story_by_path(
     reader = await connect(daemon.ws_url("tok-reader"))
     await reader.subscribe("all", {})
     publisher = await connect(daemon.ws_url("tok-int-pub"))
-    await publisher.send({"type": "publish", "ref": "p", "items": [
-        {"op": "upsert", "story": story}]})
+    await publisher.send(
+        {"type": "publish", "ref": "p", "items": [{"op": "upsert", "story": story}]}
+    )
     reply, _ = await publisher.recv_until(lambda m: m.get("ref") == "p")
     events = await reader.events(reply.get("count", 0)) if reply["type"] == "published" else []
     assert not [e for e in events if e["story_id"] == "UI-005"], events
@@ -347,11 +392,30 @@ async def test_publish_paths_cannot_leave_the_repo(
     admin = await connect(daemon.ws_url("tok-admin"))
     reader = await connect(daemon.ws_url("tok-reader"))
     await reader.subscribe("all", {})
-    for n, path in enumerate(["../outside/secret.md", "/etc/passwd", "newdir/../../x.md",
-                              "a/../b.md", "./a.md", "a//b.md", "a\\b.md", "a\x00b.md", "..",
-                              "", "x" * 2000, 5, None]):
-        await admin.send({"type": "publish", "ref": f"p{n}", "items": [
-            {"op": "upsert", "story": {"id": f"X-{n}", "path": path}}]})
+    for n, path in enumerate(
+        [
+            "../outside/secret.md",
+            "/etc/passwd",
+            "newdir/../../x.md",
+            "a/../b.md",
+            "./a.md",
+            "a//b.md",
+            "a\\b.md",
+            "a\x00b.md",
+            "..",
+            "",
+            "x" * 2000,
+            5,
+            None,
+        ]
+    ):
+        await admin.send(
+            {
+                "type": "publish",
+                "ref": f"p{n}",
+                "items": [{"op": "upsert", "story": {"id": f"X-{n}", "path": path}}],
+            }
+        )
         reply, _ = await admin.recv_until(lambda m, ref=f"p{n}": m.get("ref") == ref)
         assert reply["type"] == "error" and reply["code"] == "bad_request", (path, reply)
     await reader.no_event(0.3)
@@ -373,8 +437,9 @@ async def test_publish_without_path_never_yields_a_traversal_path(
     ]
     stories.append({"id": "DOT-1", "path": "."})
     for n, story in enumerate(stories):
-        await admin.send({"type": "publish", "ref": f"p{n}", "items": [
-            {"op": "upsert", "story": story}]})
+        await admin.send(
+            {"type": "publish", "ref": f"p{n}", "items": [{"op": "upsert", "story": story}]}
+        )
         reply, _ = await admin.recv_until(lambda m, ref=f"p{n}": m.get("ref") == ref)
         if reply["type"] == "published" and reply["count"]:
             (event,) = await reader.events(1)
@@ -396,15 +461,32 @@ async def test_origin_checks_stop_cross_site_websocket_hijacking(daemon: Daemon)
     url = daemon.ws_url("tok-reader")
     assert await ws_status(url) == 101  # no Origin: not a browser
     assert await ws_status(url, origin=own) == 101  # the board served by this server
-    assert await ws_status(daemon.ws_url("tok-reader").replace("127.0.0.1", "localhost"),
-                           origin=f"http://localhost:{daemon.port}") == 101
+    assert (
+        await ws_status(
+            daemon.ws_url("tok-reader").replace("127.0.0.1", "localhost"),
+            origin=f"http://localhost:{daemon.port}",
+        )
+        == 101
+    )
     # A page elsewhere that learned a token (e.g. from a shared board link) cannot use it.
-    for origin in ("https://evil.example", "null", f"http://127.0.0.1:{daemon.port + 1}",
-                   f"https://127.0.0.1:{daemon.port}", "http://127.0.0.1",
-                   f"http://127.0.0.1.evil.example:{daemon.port}", "file://"):
+    for origin in (
+        "https://evil.example",
+        "null",
+        f"http://127.0.0.1:{daemon.port + 1}",
+        f"https://127.0.0.1:{daemon.port}",
+        "http://127.0.0.1",
+        f"http://127.0.0.1.evil.example:{daemon.port}",
+        "file://",
+    ):
         assert await ws_status(url, origin=origin) == 403, origin
-        assert await ws_status(daemon.ws_url(None), origin=origin,
-                               additional_headers={"Authorization": "Bearer tok-reader"}) == 403
+        assert (
+            await ws_status(
+                daemon.ws_url(None),
+                origin=origin,
+                additional_headers={"Authorization": "Bearer tok-reader"},
+            )
+            == 403
+        )
         status, body = http(daemon, "/api/stories", headers={"Origin": origin})
         assert status == 403 and b"stories" not in body, origin
     # Unauthenticated pages stay public (they reveal no story).
@@ -414,15 +496,20 @@ async def test_origin_checks_stop_cross_site_websocket_hijacking(daemon: Daemon)
 async def test_configured_origin_allows_exactly_that_origin(
     repo: Path, daemon_factory: type[Daemon]
 ) -> None:
-    daemon = daemon_factory(repo, config={"server": {"origins": ["https://board.example"]}}
-                            ).start()
+    daemon = daemon_factory(repo, config={"server": {"origins": ["https://board.example"]}}).start()
     daemon.wait_healthy()
     url = daemon.ws_url("tok-reader")
     assert await ws_status(url, origin="https://board.example") == 101
     assert http(daemon, "/api/stories", headers={"Origin": "https://board.example"})[0] == 200
-    for origin in ("https://board.example.evil.com", "http://board.example",
-                   "https://board.example:8443", "https://sub.board.example",
-                   "https://evil.example", "https://board.exampl", "null"):
+    for origin in (
+        "https://board.example.evil.com",
+        "http://board.example",
+        "https://board.example:8443",
+        "https://sub.board.example",
+        "https://evil.example",
+        "https://board.exampl",
+        "null",
+    ):
         assert await ws_status(url, origin=origin) == 403, origin
     assert await ws_status(url, origin=f"http://127.0.0.1:{daemon.port}") == 101
 
@@ -430,14 +517,21 @@ async def test_configured_origin_allows_exactly_that_origin(
 # -- tokens in logs and answers ----------------------------------------------------------------
 
 
-LOGGED_TOKENS = ("tok-reader", "tok-admin", "tok-publisher", "tok-integration",
-                 "tok-bad-header-1f", "tok-bad-query-2e", "tok-bad-pct-3d", "tok-bad-raw-4c",
-                 "tok-cookie-5b", "tok-bad-api-6a")
+LOGGED_TOKENS = (
+    "tok-reader",
+    "tok-admin",
+    "tok-publisher",
+    "tok-integration",
+    "tok-bad-header-1f",
+    "tok-bad-query-2e",
+    "tok-bad-pct-3d",
+    "tok-bad-raw-4c",
+    "tok-cookie-5b",
+    "tok-bad-api-6a",
+)
 
 
-async def test_tokens_are_never_logged_nor_echoed(
-    repo: Path, daemon_factory: type[Daemon]
-) -> None:
+async def test_tokens_are_never_logged_nor_echoed(repo: Path, daemon_factory: type[Daemon]) -> None:
     daemon = daemon_factory(repo, extra_args=["-v", "--log-format", "json"]).start()
     daemon.wait_healthy()
     base = f"ws://127.0.0.1:{daemon.port}/ws"
@@ -445,8 +539,9 @@ async def test_tokens_are_never_logged_nor_echoed(
 
     async def through(url: str, headers: dict[str, str] | None = None) -> int:
         try:
-            async with websockets.connect(url, subprotocols=["storywatch.v1"],
-                                          additional_headers=headers) as ws:
+            async with websockets.connect(
+                url, subprotocols=["storywatch.v1"], additional_headers=headers
+            ) as ws:
                 answers.append(str(await ws.recv()).encode())
                 await ws.send(json.dumps({"type": "subscribe", "sub": "s", "filter": {}}))
                 answers.append(str(await ws.recv()).encode())
@@ -466,17 +561,19 @@ async def test_tokens_are_never_logged_nor_echoed(
     assert await through(base + "?x=1&token=tok-integration&y=2") == 101
     assert await through(base, {"Authorization": "tok-bad-raw-4c"}) == 401
     assert await through(base, {"Cookie": "token=tok-cookie-5b"}) == 401
-    for path, token in (("/api/stories?token=tok-reader", None),
-                        ("/api/stories", "tok-bad-api-6a"), ("/api/events?wait=0", "tok-admin"),
-                        ("/metrics?token=tok-admin", None)):
+    for path, token in (
+        ("/api/stories?token=tok-reader", None),
+        ("/api/stories", "tok-bad-api-6a"),
+        ("/api/events?wait=0", "tok-admin"),
+        ("/metrics?token=tok-admin", None),
+    ):
         answers.append(http(daemon, path, token)[1])
     daemon.stop()  # flushes: every line logged so far is in stderr_lines
 
     for answer in answers:
         for token in LOGGED_TOKENS:
             assert token.encode() not in answer, (token, answer[:300])
-    lines = [line for line in daemon.stderr_lines + daemon.stdout_lines
-             if "board at" not in line]
+    lines = [line for line in daemon.stderr_lines + daemon.stdout_lines if "board at" not in line]
     assert any('"level": "debug"' in line for line in lines), "not logging at debug level"
     assert any("[redacted]" in line for line in lines), "nothing was redacted: test is blind"
     leaks = [line for line in lines for token in LOGGED_TOKENS if token in line]
@@ -495,7 +592,7 @@ def test_tokens_in_malformed_requests_are_not_logged(
         "tok-reader": b"GET /ws?tok%65n=tok-reader HTTP/2.0\r\nHost: x\r\n\r\n",
         "tok-publisher": b"GET /ws HTTP/1.1\r\nHost: x\r\nAuthorization: tok-publisher\x01\r\n\r\n",
         "tok-integration": b"GET /ws?a=%zz&tok%65n=tok-integration HTTP/1.1\r\nHost: x\r\n"
-                           b"Bad Header\r\n\r\n",
+        b"Bad Header\r\n\r\n",
     }
     for request in requests.values():
         with socket.create_connection(("127.0.0.1", daemon.port), timeout=scaled(5)) as sock:
@@ -503,8 +600,9 @@ def test_tokens_in_malformed_requests_are_not_logged(
             with contextlib.suppress(OSError):
                 sock.recv(4096)
     daemon.stop()
-    leaks = [(token, line[:200]) for line in daemon.stderr_lines for token in requests
-             if token in line]
+    leaks = [
+        (token, line[:200]) for line in daemon.stderr_lines for token in requests if token in line
+    ]
     assert leaks == []
 
 
@@ -515,7 +613,7 @@ def test_tokens_in_unusual_request_lines_are_not_logged(
     daemon.wait_healthy()
     requests = {
         "tok-admin": f"GET http://127.0.0.1:{daemon.port}/api/stories?tok%65n=tok-admin "
-                     "HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
+        "HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
         "tok-reader": b"get /api/stories?tok%65n=tok-reader HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     }
     statuses = []
@@ -523,8 +621,9 @@ def test_tokens_in_unusual_request_lines_are_not_logged(
         statuses.append(_raw_status(daemon.port, request))
     daemon.stop()
     assert statuses == [200, 200]  # these do authenticate, so the tokens are real ones
-    leaks = [(token, line[:200]) for line in daemon.stderr_lines for token in requests
-             if token in line]
+    leaks = [
+        (token, line[:200]) for line in daemon.stderr_lines for token in requests if token in line
+    ]
     assert leaks == []
 
 
@@ -583,10 +682,13 @@ async def test_slowloris_sockets_are_dropped_and_do_not_lock_out_clients(
     assert event["type"] == "story.transitioned"
     assert time.monotonic() - started < HANDSHAKE_TIMEOUT_S / 2
 
-    closed_after = await asyncio.wait_for(asyncio.gather(*sockets),
-                                          HANDSHAKE_TIMEOUT_S + scaled(10))
-    print(f"\nslowloris: 201 sockets closed after {min(closed_after):.1f}–"
-          f"{max(closed_after):.1f} s (HANDSHAKE_TIMEOUT_S = {HANDSHAKE_TIMEOUT_S})")
+    closed_after = await asyncio.wait_for(
+        asyncio.gather(*sockets), HANDSHAKE_TIMEOUT_S + scaled(10)
+    )
+    print(
+        f"\nslowloris: 201 sockets closed after {min(closed_after):.1f}–"
+        f"{max(closed_after):.1f} s (HANDSHAKE_TIMEOUT_S = {HANDSHAKE_TIMEOUT_S})"
+    )
     assert min(closed_after) >= HANDSHAKE_TIMEOUT_S - 0.5
     assert max(closed_after) <= HANDSHAKE_TIMEOUT_S + scaled(3)
     assert closed_after[0] <= HANDSHAKE_TIMEOUT_S + scaled(3)  # the trickling one too
@@ -605,21 +707,39 @@ async def test_tls_with_a_self_signed_certificate(
 ) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
-    daemon = daemon_factory(repo, config={"server": {"tls": {"cert": str(cert),
-                                                             "key": str(key)}}}).start()
+    daemon = daemon_factory(
+        repo, config={"server": {"tls": {"cert": str(cert), "key": str(key)}}}
+    ).start()
     context = ssl.create_default_context(cafile=str(cert))
     assert any("https://" in line for line in daemon.stdout_lines)
 
     deadline = time.monotonic() + scaled(20)
     while True:
         try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{daemon.port}/healthz",
-                                        context=context, timeout=scaled(5)) as response:
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{daemon.port}/healthz", context=context, timeout=scaled(5)
+            ) as response:
                 assert json.loads(response.read())["status"] == "ok"
                 break
         except urllib.error.HTTPError as exc:
@@ -642,11 +762,12 @@ async def test_tls_with_a_self_signed_certificate(
     # An untrusted certificate is refused by the client; plain ws:// gets no upgrade.
     with pytest.raises(ssl.SSLCertVerificationError):
         await websockets.connect(url, ssl=ssl.create_default_context())
-    with pytest.raises((InvalidStatus, ConnectionError, websockets.exceptions.InvalidMessage,
-                        EOFError, OSError)):
+    with pytest.raises(
+        (InvalidStatus, ConnectionError, websockets.exceptions.InvalidMessage, EOFError, OSError)
+    ):
         ws = await asyncio.wait_for(
-            websockets.connect(f"ws://127.0.0.1:{daemon.port}/ws?token=tok-reader"),
-            scaled(15))
+            websockets.connect(f"ws://127.0.0.1:{daemon.port}/ws?token=tok-reader"), scaled(15)
+        )
         await ws.close()
     assert error_lines(daemon) == []
 

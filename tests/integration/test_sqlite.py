@@ -130,8 +130,10 @@ async def test_sigkill_during_a_burst_loses_and_duplicates_nothing(
         set_status(paths[sid], new)
         final[sid] = new
         n += 1
-        if daemon.proc and daemon.proc.poll() is None and (
-            asyncio.get_running_loop().time() - start > kill_after
+        if (
+            daemon.proc
+            and daemon.proc.poll() is None
+            and (asyncio.get_running_loop().time() - start > kill_after)
         ):
             daemon.kill()
         await asyncio.sleep(rng.uniform(0.005, 0.03))

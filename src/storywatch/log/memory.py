@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
+from storywatch.eventlog import (
+    IndexRecords,
+    LocalFollowers,
+    LogState,
+    OnEvents,
+    OnReset,
+    check_encodable,
+    new_epoch,
+)
 from storywatch.events import Draft, Event, Json, number, utc_now_iso
-from storywatch.log import IndexRecords, LogState, new_epoch
 
 
 class MemoryLog:
     kind = "memory"
 
-    def __init__(self, epoch: str | None = None) -> None:
+    def __init__(self, epoch: str | None = None, *, buffer_size: int = 10_000) -> None:
         self.epoch = epoch or new_epoch()
         self.seq = 0
+        self._recent: deque[Event] = deque(maxlen=buffer_size)  # for late followers
+        self._followers = LocalFollowers()
 
     @property
     def healthy(self) -> bool:
@@ -31,11 +42,22 @@ class MemoryLog:
         reseed: bool = False,  # only shared backends replace their index wholesale
     ) -> list[Event]:
         time = utc_now_iso()
-        events = []
-        for draft in drafts:
-            self.seq += 1
-            events.append(number(draft, self.seq, self.epoch, time, source))
+        events = [
+            number(draft, self.seq + i, self.epoch, time, source)
+            for i, draft in enumerate(drafts, start=1)
+        ]
+        check_encodable(events)
+        if events:
+            self.seq = events[-1].seq
+            self._recent.extend(events)
+            await self._followers.deliver(events)
         return events
+
+    async def follow(self, after_seq: int, on_events: OnEvents, on_reset: OnReset) -> None:
+        await self._followers.follow(after_seq, on_events, self._read_after)
+
+    async def _read_after(self, after_seq: int) -> list[Event]:
+        return [event for event in self._recent if event.seq > after_seq]
 
     async def close(self) -> None:
         return None

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -29,15 +29,17 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from storywatch.config import BackendSettings
-from storywatch.errors import BackendError, NotLeaderError
+from storywatch.errors import BackendError, NotLeaderError, RefusedError
+from storywatch.eventlog import IndexRecords, LogState, OnEvents, OnReset, new_epoch
 from storywatch.events import Draft, Event, Json, number, utc_now_iso
-from storywatch.log import IndexRecords, LogState, new_epoch
 
 logger = logging.getLogger(__name__)
 
 LOCK_TTL_MS: Final = 10_000
 BLOCK_MS: Final = 1_000
 SOCKET_TIMEOUT_S: Final = 5.0
+# Error replies that say Redis cannot take writes for now, not that the batch is bad.
+_TRANSIENT: Final = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "NOSCRIPT")
 
 _APPEND: Final = """
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then
@@ -203,12 +205,15 @@ class RedisLog:
         for path, record in (index or {}).items():
             args += [path, "" if record is None else json.dumps(record, ensure_ascii=False)]
         keys = [self.keys["meta"], self.keys["events"], self.keys["index"], self.keys["lock"]]
+        _check_encodable(args)
         try:
             epoch, first, _last = await self._append(keys=keys, args=args)
         except ResponseError as exc:
             if "NOTLEADER" in str(exc):
                 self.lock_token = ""
                 raise NotLeaderError(str(exc)) from exc
+            if not str(exc).startswith(_TRANSIENT):
+                raise RefusedError(f"redis refused a batch: {exc}") from exc
             raise self._failed(exc) from exc
         except RedisError as exc:
             raise self._failed(exc) from exc
@@ -224,13 +229,10 @@ class RedisLog:
 
     # -- following the stream -----------------------------------------------------------
 
-    async def follow(
-        self,
-        after_seq: int,
-        on_events: Callable[[list[Event]], None],
-        on_reset: Callable[[LogState], Awaitable[None]],
-    ) -> None:
-        """Deliver every new event in order, forever; ``on_reset`` when history was lost."""
+    async def follow(self, after_seq: int, on_events: OnEvents, on_reset: OnReset) -> None:
+        """Deliver every new event in order, forever. ``on_reset`` when history was lost
+        (a new epoch: the state and its recent events), or when the watcher reseeded the
+        shared index (the same epoch: the new index, no events — the stream goes on)."""
         last_id = f"{after_seq}-0"
         delay = 0.05
         while True:
@@ -250,15 +252,16 @@ class RedisLog:
             if epoch is None:  # Redis came back empty: start a new epoch
                 await self._ensure(keys=[self.keys["meta"]], args=[new_epoch()])
                 epoch, index_gen = await self.redis.hmget(self.keys["meta"], ["epoch", "index_gen"])
-            if epoch != self.epoch or index_gen != self.index_gen:
-                if epoch != self.epoch:
-                    logger.warning("stream epoch changed to %s: history was lost", epoch)
-                else:
-                    logger.info("the shared index was reseeded by the watcher")
+            if epoch != self.epoch:
+                logger.warning("stream epoch changed to %s: history was lost", epoch)
                 state = await self.load(self.settings.buffer_size)
                 await on_reset(state)
                 last_id = f"{state.seq}-0"
                 continue
+            if index_gen != self.index_gen:
+                logger.info("the shared index was reseeded by the watcher")
+                await on_reset(await self.load(0))
+                # Not skipped: the events read above still go out, in order.
             events = [e for e in _stream_events(answer) if e.epoch == self.epoch]
             if events:
                 last_id = f"{events[-1].seq}-0"
@@ -293,6 +296,16 @@ class RedisLog:
             await self._release(keys=[self.keys["lock"]], args=[token])
 
 
+def _check_encodable(args: list[Any]) -> None:
+    """Refuse a batch Redis could never take as UTF-8 (a lone surrogate in a value)."""
+    try:
+        for arg in args:
+            if isinstance(arg, str):
+                arg.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RefusedError(f"the batch cannot be encoded: {exc}") from exc
+
+
 def _stream_events(answer: Any) -> list[Event]:
     """Events of an XREAD answer: [[stream, [(id, fields), …]], …]."""
     events: list[Event] = []
@@ -313,29 +326,3 @@ def _event(entry_id: str, fields: dict[str, str]) -> Event:
         "source": json.loads(fields["s"]),
     }
     return Event(seq=seq, epoch=fields["e"], data=data)
-
-
-async def publish_items(
-    settings: BackendSettings, items: list[Json], source: Json | None
-) -> tuple[int, int]:
-    """``storywatch publish --redis-url``: diff items against the shared index and append.
-
-    Returns (events emitted, last seq). No server is needed: every server following the
-    stream delivers the events.
-    """
-    from storywatch.index import Index
-    from storywatch.ingest import Ingest
-
-    log = RedisLog(settings)
-    ingest: Ingest | None = None
-    try:
-        state = await log.open()
-        ingest = Ingest(Index.from_records(state.index), log, None)
-        events = await ingest.publish(items, source)
-        if ingest.backlog:
-            raise BackendError("redis became unreachable while publishing")
-        return len(events), events[-1].seq if events else state.seq
-    finally:
-        if ingest is not None:
-            await ingest.close()
-        await log.close()

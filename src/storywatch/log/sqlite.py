@@ -21,6 +21,11 @@ connection (created there, used only there, closed there). The asyncio loop only
 them. One worker also serializes appends: they run, and are numbered, in the order they are
 called. An append whose write has started is not undone by cancelling its caller.
 
+Errors. A write the file system refuses for now (disk full, I/O error, locked) is a
+:class:`BackendError`: the caller keeps the batch and retries. A batch that can never be
+written (a value that cannot be encoded, a constraint) is a :class:`RefusedError`. Either
+way the transaction is rolled back first, so nothing of a failed append is half there.
+
 Bad state. A file that is not ours (not sqlite, another program's database), or that sqlite
 finds corrupt or truncated, is moved aside to ``state.db.corrupt-<unix time>`` with one
 warning, and a new epoch starts (clients resync). A file written by a newer storywatch is
@@ -41,9 +46,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from storywatch.errors import BackendError, StateError
+from storywatch.errors import BackendError, RefusedError, StateError
+from storywatch.eventlog import (
+    IndexRecords,
+    LocalFollowers,
+    LogState,
+    OnEvents,
+    OnReset,
+    check_encodable,
+    new_epoch,
+)
 from storywatch.events import Draft, Event, Json, number, utc_now_iso
-from storywatch.log import IndexRecords, LogState, new_epoch
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +92,7 @@ class SqliteLog:
         self._epoch = ""
         self._seq = 0
         self._healthy = False
+        self._followers = LocalFollowers()
 
     @property
     def healthy(self) -> bool:
@@ -111,7 +125,16 @@ class SqliteLog:
         """Number the drafts and make them (and the index records) durable in one commit."""
         if not drafts and not index:
             return []
-        return await self._run(self._append_sync, list(drafts), source, dict(index or {}))
+        events = await self._run(self._append_sync, list(drafts), source, dict(index or {}))
+        if events:
+            await self._followers.deliver(events)
+        return events
+
+    async def follow(self, after_seq: int, on_events: OnEvents, on_reset: OnReset) -> None:
+        await self._followers.follow(after_seq, on_events, self._read_after)
+
+    async def _read_after(self, after_seq: int) -> list[Event]:
+        return await self._run(self._read_after_sync, after_seq)
 
     async def close(self) -> None:
         if self._executor is None:
@@ -291,7 +314,8 @@ class SqliteLog:
         ]
         # Encode before the transaction: a bad value fails here and the file is untouched.
         # The stored text is the wire encoding, computed once and cached on the event.
-        rows = [(event.seq, event.encoded() + "}") for event in events]
+        check_encodable(events, index)
+        rows = [(event.seq, event.encoded()) for event in events]
         upserts = [
             (path, json.dumps(record, ensure_ascii=False, separators=(",", ":")))
             for path, record in index.items()
@@ -310,13 +334,26 @@ class SqliteLog:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
                 self._trim(conn, seq)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
+            _rollback(conn)  # this batch itself (too big, a value sqlite cannot bind)
+            raise RefusedError(f"the state file refused a batch: {exc}") from exc
+        except sqlite3.Error as exc:  # full, I/O, locked, a conflict: the file, for now
             _rollback(conn)
             self._healthy = False
             raise BackendError(f"cannot write the state file {self.path}: {exc}") from exc
+        except Exception as exc:  # anything else is about this batch: never retried
+            _rollback(conn)
+            raise RefusedError(f"the state file refused a batch: {exc}") from exc
         self._seq = seq
         self._healthy = True
         return events
+
+    def _read_after_sync(self, after_seq: int) -> list[Event]:
+        conn = self._require_conn()
+        rows = conn.execute(
+            "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq", (after_seq,)
+        ).fetchall()
+        return [_stored_event(seq, self._epoch, text) for seq, text in rows]
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -333,9 +370,8 @@ def _stored_event(seq: Any, epoch: str, text: Any) -> Event:
     data = _json_object(text)
     if data is None or data.get("seq") != seq or data.get("epoch") != epoch:
         raise _Unusable(f"bad event at seq {seq!r}")
-    encoded = text.rstrip()
     # The stored text is the wire encoding; reuse it rather than re-encode at startup.
-    return Event(seq=seq, epoch=epoch, data=data, _encoded=[encoded[:-1]])
+    return Event(seq=seq, epoch=epoch, data=data, _encoded=[text.rstrip()])
 
 
 def _json_object(text: Any) -> Json | None:
