@@ -31,7 +31,7 @@ def test_filter_keys() -> None:
 @pytest.mark.parametrize("raw", [{}, None])
 def test_empty_filter_matches_everything(raw: Any) -> None:
     flt = Filter.parse(raw)
-    assert flt.is_everything()
+    assert flt == Filter()
     assert flt.to_json() == {}
     assert flt.matches("story.updated", UI_DRAFT, UI_DRAFT)
     assert flt.matches("story.created", None, API)
@@ -124,7 +124,7 @@ def test_to_json_is_sorted_and_round_trips() -> None:
     flt = f(epics=["ui", "api", "ui"], events=["story.updated"])
     assert flt.to_json() == {"epics": ["api", "ui"], "events": ["story.updated"]}
     assert Filter.parse(flt.to_json()) == flt
-    assert not flt.is_everything()
+    assert flt != Filter()
 
 
 @pytest.mark.parametrize(

@@ -36,13 +36,14 @@ from hypothesis.stateful import (
     rule,
 )
 
+from storywatch.changes import field_changes
 from storywatch.config import DEFAULTS
 from storywatch.events import EVENT_TYPES, Draft, Event, number
 from storywatch.filters import FILTER_KEYS, Scope
 from storywatch.http import Api
 from storywatch.hub import Hub
 from storywatch.inbound import Delete, Publish, Upsert
-from storywatch.index import diff_story, field_changes
+from storywatch.index import diff_story
 from storywatch.replay import ReplayBuffer
 from storywatch.session import Close, Session
 from storywatch.story import ParseError, Story

@@ -14,17 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from storywatch.changes import field_changes
 from storywatch.config import DEFAULTS
 from storywatch.events import Draft, Event, number
 from storywatch.filters import Scope
 from storywatch.hub import Hub
 from storywatch.inbound import Delete, Publish, Upsert
-from storywatch.index import diff_story, field_changes
+from storywatch.index import diff_story
 from storywatch.replay import ReplayBuffer
 from storywatch.session import Close, Session
 from storywatch.story import ParseError, Story
 from storywatch.values import Limits, Principal
-from tests.frames import next_frame, pending_stories
+from tests.frames import decode_frame, next_frame, pending_stories
 
 EPOCH = "ep-1"
 TIME = "2026-11-26T07:00:00.000Z"
@@ -1219,3 +1220,75 @@ def test_invalid_between_a_change_and_its_undo_does_not_strand_the_client() -> N
     received = frames(session)
     state = apply_client({"A": {"id": "A", "status": "a", "path": "stories/A.md"}}, received, "s1")
     assert state["A"]["status"] == "a"
+
+
+# -- one byte budget per connection (SPEC §13) ------------------------------------------
+
+
+def test_a_second_snapshot_while_one_is_unsent_is_rate_limited() -> None:
+    _, hub = seeded(3)
+    session = make_session()
+    send(session, hub, {"type": "subscribe", "sub": "s1", "snapshot": True})
+    send(session, hub, {"type": "unsubscribe", "sub": "s1"})
+    send(session, hub, {"type": "subscribe", "sub": "s2", "snapshot": True})
+    messages = frames(session)
+    assert [(m["type"], m.get("code")) for m in messages] == [
+        ("subscribed", None),
+        ("snapshot", None),
+        ("unsubscribed", None),
+        ("error", "rate_limited"),
+    ]
+    send(session, hub, {"type": "subscribe", "sub": "s2", "snapshot": True})  # sent: allowed
+    assert [m["type"] for m in frames(session)] == ["subscribed", "snapshot"]
+
+
+def test_a_snapshot_is_encoded_a_chunk_at_a_time_as_it_is_written() -> None:
+    _, hub = seeded(1200)
+    session = make_session()
+    send(session, hub, {"type": "subscribe", "sub": "s1", "snapshot": True})
+    assert session.queued_bytes < 1000  # the stories are referenced, not encoded
+    out = session.drain(0.0, max_frames=256, max_bytes=1)
+    assert len(out.frames) == 1  # `subscribed`, then the byte cap of the pass
+    passes = []
+    while session.has_frames():
+        passes.append([json.loads(decode_frame(f)) for f in session.drain(0.0).frames])
+    assert len(passes) > 1  # about 64 KiB a pass, not the whole snapshot at once
+    chunks = [chunk for frames_of_pass in passes for chunk in frames_of_pass]
+    assert [len(c["stories"]) for c in chunks] == [500, 500, 200]
+    assert [c["done"] for c in chunks] == [False, False, True]
+
+
+def test_control_frames_past_the_budget_mark_the_session_overloaded() -> None:
+    _, hub = seeded(0)
+    session = make_session(max_queued_bytes=10_000, inbound_burst=1000, inbound_per_s=1000)
+    nonce = "n" * 1000
+    for _ in range(9):
+        send(session, hub, {"type": "ping", "nonce": nonce})
+    assert not session.overloaded
+    send(session, hub, {"type": "ping", "nonce": nonce})
+    assert session.overloaded
+    before = session.queued_bytes
+    send(session, hub, {"type": "ping", "nonce": nonce})
+    assert session.queued_bytes == before  # nothing more piles up for a closing session
+
+
+def test_events_past_the_budget_end_in_an_overflow_resync() -> None:
+    stream, hub = seeded(0)
+    session = blocked_session(stream, hub, max_queued_bytes=4_000)
+    hub.publish([stream.put(f"S{i}", text="x" * 300) for i in range(20)])
+    assert session.subs == {}
+    messages = frames(session)
+    assert [(m["type"], m.get("reason")) for m in messages] == [("resync", "overflow")]
+    assert session.queued_bytes == 0
+
+
+def test_queued_bytes_go_back_to_zero_once_everything_is_written() -> None:
+    stream, hub = seeded(5)
+    session = make_session()
+    hub.sessions.add(session)
+    send(session, hub, {"type": "subscribe", "sub": "s1", "snapshot": True})
+    send(session, hub, {"type": "ping", "nonce": "p"})
+    hub.publish([stream.put("S1", status="x"), stream.put("S9", status="y")])
+    assert session.queued_bytes > 0
+    frames(session)
+    assert session.queued_bytes == 0

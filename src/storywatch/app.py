@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,9 @@ class App:
         self.hub.load(state.epoch, state.seq, state.recent, self.ingest.stories())
         # The hub is a follower of the log like any other reader; it follows from the
         # state it loaded, so nothing appended from now on can slip past it.
-        self._spawn(self.log.follow(state.seq, self.hub.publish, self._on_reset))
+        self._spawn("hub", self.log.follow(state.seq, self.hub.publish, self._on_reset))
         if self.leadership is not None:
-            self._spawn(self.leadership.run())
+            self._spawn("leadership", self.leadership.run())
             await self.leadership.settled.wait()
         elif self.watch:
             await self._start_watching(fresh=state.fresh)
@@ -255,9 +256,9 @@ class App:
         self.tokens = entries
         return self.server.reload_tokens(entries) if self.server else 0
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
-        task.add_done_callback(_log_crash(getattr(coro, "__name__", "task")))
+        task.add_done_callback(_log_crash(name))
         self._tasks.append(task)
 
     async def stop(self) -> None:

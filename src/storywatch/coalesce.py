@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from storywatch.changes import change_type, field_changes
 from storywatch.events import Event, Json, text_frame
 from storywatch.filters import Scope
-from storywatch.index import change_type, field_changes
 
 ENTRY_OVERHEAD = 64  # `subs`, `replay`, the frame header: a rough, fixed allowance
 

@@ -55,9 +55,6 @@ class Filter:
             key: sorted(value) for key in FILTER_KEYS if (value := getattr(self, key)) is not None
         }
 
-    def is_everything(self) -> bool:
-        return all(getattr(self, key) is None for key in FILTER_KEYS)
-
     def matches_story(self, story: Json | None) -> bool:
         """Whether one state of a story passes every story-related key."""
         if story is None:

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from storywatch.events import Draft, EventType
+from storywatch.changes import change_type, field_changes
+from storywatch.events import Draft
 from storywatch.story import ParseError, ParseResult, Story
 
 Changes = Mapping[str, ParseResult | None]
@@ -230,17 +231,6 @@ def _story_record(role: str, story: Story) -> dict[str, Any]:
     return {"role": role, "id": story.id, "story": story.fields, "body": story.body}
 
 
-def change_type(changes: Mapping[str, Any], *, moved: bool, body_changed: bool) -> EventType | None:
-    """The type of a change to an existing story, by SPEC §3's precedence (None: no change)."""
-    if "status" in changes:
-        return "story.transitioned"
-    if moved:
-        return "story.moved"
-    if changes or body_changed:
-        return "story.updated"
-    return None
-
-
 def _deleted(old: Story) -> Draft:
     return Draft(
         type="story.deleted",
@@ -264,21 +254,3 @@ def _invalid(last_good: Story, path: str, error: ParseError) -> Draft:
 
 def _duplicate_error(story_id: str, owner_path: str) -> ParseError:
     return ParseError("duplicate_id", f"id {story_id!r} is already used by {owner_path}")
-
-
-def field_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each changed front-matter key → {old, new}; ``path`` is not front-matter."""
-    out: dict[str, dict[str, Any]] = {}
-    for key in _ordered_union(old, new):
-        if key == "path":
-            continue
-        before, after = old.get(key), new.get(key)
-        if before != after:  # a key set to null is the same as an absent key
-            out[key] = {"old": before, "new": after}
-    return out
-
-
-def _ordered_union(a: Iterable[str], b: Iterable[str]) -> list[str]:
-    seen = dict.fromkeys(a)
-    seen.update(dict.fromkeys(b))
-    return list(seen)

@@ -139,6 +139,7 @@ async def test_publish_reaches_a_subscriber_once(
         "from": ZERO,
         "to": base,
         "author": "Ada Lovelace <ada@example.com>",
+        "token": "publisher",  # SPEC §11: who published, over --url
     }
 
     done = publish(base, head)
