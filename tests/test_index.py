@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,9 @@ from hypothesis import strategies as st
 from storywatch.events import Draft, number, old_state
 from storywatch.index import Index
 from storywatch.story import ParseError, ParseResult, Story, parse_story, parse_text
+from tests.conftest import committed_fixtures
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "stories"
+FIXTURES = committed_fixtures()
 
 
 def story_text(

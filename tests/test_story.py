@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from storywatch.story import MAX_DEPTH, ParseError, Story, parse_story, parse_text
+from tests.conftest import committed_fixtures
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "stories"
+FIXTURES = committed_fixtures()
 NOT_STORIES = {"README.md", "docs/status-workflow.md", "docs/writing-stories.md", "notes/ideas.md"}
 
 

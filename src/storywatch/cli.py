@@ -16,7 +16,7 @@ from storywatch import __version__
 from storywatch.config import Settings, load_settings, reload_tokens
 from storywatch.errors import ConfigError, StateError, StorywatchError
 from storywatch.gcpace import GcPacer, freeze_startup
-from storywatch.logs import setup_logging
+from storywatch.logsetup import setup_logging
 
 logger = logging.getLogger("storywatch.cli")
 
@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("repo", nargs="?")
     _common(watch)
 
-    from storywatch import tools
+    from storywatch import toolbelt
 
-    tools.add_commands(sub, _common)
+    toolbelt.add_commands(sub, _common)
     return parser
 
 
@@ -81,9 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings_from(args)
             setup_logging(settings.log_format, settings.log_level)
             return asyncio.run(_daemon(settings, args.command))
-        from storywatch import tools
+        from storywatch import toolbelt
 
-        return tools.dispatch(args)
+        return toolbelt.dispatch(args)
     except ConfigError as exc:
         print(f"storywatch: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,9 +20,7 @@ from typing import Any
 import websockets
 import yaml
 
-from tests.conftest import scaled
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "stories"
+from tests.conftest import committed_fixtures, scaled
 
 # Tokens every test config carries: name → (token, scopes, epics).
 TOKENS: dict[str, tuple[str, list[str], list[str] | None]] = {
@@ -46,7 +44,8 @@ def token_config() -> list[dict[str, Any]]:
 
 
 def copy_fixtures(dest: Path) -> Path:
-    shutil.copytree(FIXTURES, dest)
+    """A private copy of the example stories as committed (see ``committed_fixtures``)."""
+    shutil.copytree(committed_fixtures(), dest)
     return dest
 
 

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
-from storywatch import tools
+from storywatch import toolbelt as tools
 from storywatch.cli import main
 from storywatch.client import Backoff, ClientError, Cursor, batches, ws_url
 from storywatch.gitdiff import diff_revisions
-from tests.conftest import scaled
+from tests.conftest import committed_fixtures, scaled
 from tests.test_gitdiff import ZERO, GitRepo, branch_fixture, story_text
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stories"
+FIXTURES = committed_fixtures()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
