@@ -148,7 +148,7 @@ class Writer:
         elif out.wait > 0:
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(out.wait, self._tick)
-        elif len(frames) >= MAX_FRAMES_PER_PASS and self.session.has_frames():
+        elif self.session.has_frames():
             self.schedule()  # more than one pass's worth: other connections go first
         return out.delivered, out.born
 

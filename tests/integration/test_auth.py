@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets
-from websockets.exceptions import InvalidStatus
 
 from tests.integration.daemon import Daemon, copy_fixtures
+from tests.integration.helpers import ws_status
 from tests.integration.test_editors import UI5, Clients, assert_event, edit, http_get
 
 pytestmark = pytest.mark.integration
@@ -38,16 +37,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon.wait_healthy()
     yield daemon
     daemon.stop()
-
-
-async def ws_status(url: str, **kwargs: Any) -> int:
-    """The HTTP status of a refused handshake, or 101 when it was accepted."""
-    try:
-        async with websockets.connect(url, subprotocols=["storywatch.v1"], **kwargs) as ws:
-            await ws.recv()
-            return 101
-    except InvalidStatus as exc:
-        return exc.response.status_code
 
 
 # -- tokens and scopes -------------------------------------------------------------------

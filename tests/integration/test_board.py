@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import scaled
 from tests.integration.daemon import Daemon
+from tests.integration.helpers import edit
 
 pytestmark = pytest.mark.browser
 
@@ -113,12 +114,6 @@ def card(page: Any, story_id: str, status: str | None = None) -> Any:
     return page.locator(f'{column}[data-story-id="{story_id}"]')
 
 
-def set_status(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert f"status: {old}\n" in text
-    path.write_text(text.replace(f"status: {old}\n", f"status: {new}\n", 1))
-
-
 def test_board_follows_edits_and_survives_a_restart(
     page: Any, repo: Path, daemon_factory: type[Daemon], tmp_path: Path
 ) -> None:
@@ -135,7 +130,7 @@ def test_board_follows_edits_and_survives_a_restart(
     assert "token" not in page.url  # taken out of the address bar once remembered
 
     # A status edit on disk moves the card to its new column.
-    set_status(repo / UI5, "ready", "in-progress")
+    edit(repo / UI5, "status: ready\n", "status: in-progress\n")
     expect(card(page, "UI-005", "in-progress")).to_have_count(1, timeout=_ms(5))
     expect(card(page, "UI-005", "ready")).to_have_count(0)
     expect(page.locator('#activity [data-event-story="UI-005"]').first).to_contain_text(
@@ -153,7 +148,7 @@ def test_board_follows_edits_and_survives_a_restart(
     page.wait_for_selector('[data-connection="reconnecting"], [data-connection="offline"]')
 
     # Changes made meanwhile reach the board once the daemon is back on the same port.
-    set_status(repo / UI5, "in-progress", "review")
+    edit(repo / UI5, "status: in-progress\n", "status: review\n")
     (repo / "ui" / "NEW-001.md").write_text(NEW_STORY)
     again = daemon_factory(repo, backend="sqlite", extra_args=["--port", str(port)]).start()
     assert again.port == port
@@ -240,7 +235,7 @@ def test_silent_server_is_detected_by_heartbeat(
     finally:
         daemon.signal(signal.SIGCONT)
     expect(page.locator('[data-connection="live"]')).to_have_count(1, timeout=_ms(20))
-    set_status(repo / UI5, "ready", "done")
+    edit(repo / UI5, "status: ready\n", "status: done\n")
     expect(card(page, "UI-005", "done")).to_have_count(1, timeout=_ms(5))
 
 
@@ -274,14 +269,14 @@ def test_board_takes_a_snapshot_when_it_cannot_resume(
 
     if gap == "overflow":
         for path, old, new in STATUS_EDITS:  # more pending events than the board may lag
-            set_status(repo / path, old, new)
+            edit(repo / path, f"status: {old}\n", f"status: {new}\n")
         (repo / DELETED).unlink()
     else:
         port = daemon.port
         daemon.stop()
         page.wait_for_selector('[data-connection="reconnecting"]')
         for path, old, new in STATUS_EDITS:
-            set_status(repo / path, old, new)
+            edit(repo / path, f"status: {old}\n", f"status: {new}\n")
         (repo / DELETED).unlink()
         daemon_factory(
             repo, backend=backend, config=config, extra_args=["--port", str(port)]
@@ -293,7 +288,7 @@ def test_board_takes_a_snapshot_when_it_cannot_resume(
     expect(card(page, "API-007")).to_have_count(0)
     expect(page.locator('[data-connection="live"]')).to_have_count(1)
     # Still following: a later change arrives as usual.
-    set_status(repo / STATUS_EDITS[0][0], "done", "review")
+    edit(repo / STATUS_EDITS[0][0], "status: done\n", "status: review\n")
     expect(card(page, "UI-005", "review")).to_have_count(1, timeout=_ms(5))
 
     # The gap was noticed the way the protocol announces it, and bridged by a snapshot.

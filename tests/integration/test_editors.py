@@ -15,8 +15,6 @@ import json
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import pytest
 
 from tests.conftest import scaled
 from tests.integration.daemon import Client, Daemon
+from tests.integration.helpers import edit, http_get
 
 pytestmark = pytest.mark.integration
 
@@ -156,35 +155,6 @@ class Clients:
         subscribed, _ = await client.subscribe(sub, filter or {}, **extra)
         assert subscribed["type"] == "subscribed", subscribed
         return client, subscribed
-
-
-def http_get(
-    daemon: Daemon,
-    path: str,
-    token: str | None = "tok-reader",
-    headers: dict[str, str] | None = None,
-) -> tuple[int, Any]:
-    """(status, parsed JSON body or raw text) of a GET on the daemon."""
-    request = urllib.request.Request(daemon.http + path, headers=dict(headers or {}))
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=scaled(5)) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode("utf-8", "replace")
-
-
-def edit(path: Path, old: str, new: str) -> str:
-    text = path.read_text()
-    assert old in text, (path, old)
-    updated = text.replace(old, new, 1)
-    path.write_text(updated)
-    return updated
 
 
 async def pause(seconds: float) -> None:

@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import scaled
 from tests.integration.daemon import Daemon, copy_fixtures
-from tests.integration.test_pressure import disk_stories, http_get, set_status
+from tests.integration.helpers import http_get, set_status
+from tests.integration.test_pressure import disk_stories
 
 pytestmark = pytest.mark.integration
 

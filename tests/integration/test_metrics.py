@@ -15,7 +15,8 @@ import pytest
 
 from tests.conftest import scaled
 from tests.integration.daemon import Client, Daemon
-from tests.integration.test_pressure import http_get, metric_values, metrics, set_status
+from tests.integration.helpers import http_get, set_status
+from tests.integration.test_pressure import metric_values, metrics
 
 pytestmark = pytest.mark.integration
 

@@ -20,13 +20,9 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import socket
 import struct
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,32 +34,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import scaled
 from tests.integration.daemon import Client, Daemon
+from tests.integration.helpers import _FRONT, http_get, set_status
 
 pytestmark = pytest.mark.integration
 
 # -- helpers shared by the pressure / HTTP / metrics modules ------------------------------
-
-_FRONT = re.compile(rb"\A(?:\xef\xbb\xbf)?---\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
-_STATUS_LINE = re.compile(rb"(?m)^status:[^\r\n]*")
-
-
-def http_get(
-    daemon: Daemon, path: str, token: str | None = "tok-reader", timeout: float = 10
-) -> tuple[int, Any]:
-    """(status, parsed JSON body or text) of a GET on the daemon; blocking."""
-    request = urllib.request.Request(daemon.http + path)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=scaled(timeout)) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-        exc.close()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode("utf-8", "replace")
 
 
 def front_matter(path: Path) -> dict[str, Any] | None:
@@ -89,16 +64,6 @@ def disk_stories(repo: Path) -> dict[str, dict[str, Any]]:
         assert story_id not in out, f"duplicate id {story_id} in fixtures"
         out[story_id] = {"epic": fm.get("epic"), "status": fm.get("status"), "file": path}
     return out
-
-
-def set_status(path: Path, status: str) -> None:
-    """Rewrite the front-matter ``status:`` line only (keeps BOM, CRLF and the body)."""
-    data = path.read_bytes()
-    match = _FRONT.match(data)
-    assert match is not None, path
-    block, n = _STATUS_LINE.subn(b"status: " + status.encode(), match.group(1), count=1)
-    assert n == 1, path
-    path.write_bytes(data[: match.start(1)] + block + data[match.end(1) :])
 
 
 def metric_values(text: str) -> dict[str, float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,15 +11,10 @@ import pytest
 
 from tests.conftest import scaled
 from tests.integration.daemon import Client, Daemon
+from tests.integration.helpers import set_status, story_path
 from tests.integration.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
-
-
-def set_status(repo: Path, story_id: str, status: str) -> None:
-    (path,) = list(repo.rglob(f"{story_id}-*.md"))
-    text = path.read_text()
-    path.write_text(re.sub(r"^status: .*$", f"status: {status}", text, count=1, flags=re.M))
 
 
 def redis_daemon(
@@ -60,8 +54,8 @@ async def test_two_servers_and_one_watcher_give_identical_events(
     assert len(await wait_for_stories(b, 50)) == 50
     await a.subscribe()
     await b.subscribe()
-    set_status(repo, "UI-005", "done")
-    set_status(repo, "API-002", "blocked")
+    set_status(story_path(repo, "UI-005"), "done")
+    set_status(story_path(repo, "API-002"), "blocked")
     events_a = await a.events(2)
     events_b = await b.events(2)
     strip = [{k: v for k, v in e.items() if k != "subs"} for e in events_a]
@@ -88,7 +82,7 @@ async def test_leader_failover_loses_and_duplicates_nothing(
     watcher = await Client.connect(second.ws_url())
     assert len(await wait_for_stories(watcher, 50)) == 50
     await watcher.subscribe()
-    set_status(repo, "UI-005", "done")
+    set_status(story_path(repo, "UI-005"), "done")
     (before,) = await watcher.events(1)
     leader = first if any("lock acquired" in line for line in first.stderr_lines) else second
     other = second if leader is first else first
@@ -98,8 +92,8 @@ async def test_leader_failover_loses_and_duplicates_nothing(
         await watcher.subscribe(since={"epoch": before["epoch"], "seq": before["seq"]})
     leader.kill()
     # Changes while nobody holds the lock: the new leader diffs them against the index.
-    set_status(repo, "API-002", "blocked")
-    set_status(repo, "UI-005", "review")
+    set_status(story_path(repo, "API-002"), "blocked")
+    set_status(story_path(repo, "UI-005"), "review")
     events = await watcher.events(2, timeout=25)
     assert {(e["story_id"], e["type"]) for e in events} == {
         ("API-002", "story.transitioned"),
@@ -108,7 +102,7 @@ async def test_leader_failover_loses_and_duplicates_nothing(
     assert [e["seq"] for e in events] == [before["seq"] + 1, before["seq"] + 2]
     assert all(e["source"].get("startup") for e in events)
     # And the new leader keeps watching.
-    set_status(repo, "UI-005", "done")
+    set_status(story_path(repo, "UI-005"), "done")
     (after,) = await watcher.events(1, timeout=10)
     assert after["seq"] == before["seq"] + 3 and after["from"] == "review"
     await watcher.no_event(0.5)
@@ -126,14 +120,14 @@ async def test_redis_restarted_empty_sends_epoch_changed(
     redis_server.stop()
     health = daemon.wait_unhealthy()
     assert health["status"] == "degraded"
-    set_status(repo, "UI-005", "done")  # seen while Redis is down
+    set_status(story_path(repo, "UI-005"), "done")  # seen while Redis is down
     redis_server.start()
     resync, _ = await client.recv_until(lambda m: m["type"] == "resync", timeout=20)
     assert resync["reason"] == "epoch_changed" and resync["epoch"] != old_epoch
     assert resync["sub"] == "s1"
     daemon.wait_healthy()
     # The subscription goes on in the new epoch, and a new snapshot is complete.
-    set_status(repo, "API-002", "review")
+    set_status(story_path(repo, "API-002"), "review")
     event, _ = await client.recv_until(
         lambda m: m.get("story_id") == "API-002" and m["type"].startswith("story."), 15
     )
@@ -153,13 +147,15 @@ async def test_redis_restarted_with_data_keeps_the_epoch(
         client = await Client.connect(daemon.ws_url())
         assert len(await wait_for_stories(client, 50)) == 50
         await client.subscribe()
-        set_status(repo, "UI-005", "done")
+        set_status(story_path(repo, "UI-005"), "done")
         (first,) = await client.events(1)
         assert redis.proc is not None
         redis.proc.send_signal(signal.SIGTERM)  # a clean stop: the AOF is complete
         redis.proc.wait()
         daemon.wait_unhealthy()
-        set_status(repo, "API-002", "blocked")  # kept by the watcher while Redis is down
+        set_status(
+            story_path(repo, "API-002"), "blocked"
+        )  # kept by the watcher while Redis is down
         redis.start()
         (second,) = await client.events(1, timeout=20)
         assert second["story_id"] == "API-002"

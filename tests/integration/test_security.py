@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from storywatch.server import HANDSHAKE_TIMEOUT_S
 from tests.conftest import scaled
 from tests.integration.daemon import Client, Daemon, token_config
+from tests.integration.helpers import edit, ws_status
 
 INT4 = Path("integration") / "INT-004-slack-notification-bridge.md"
 INT6 = Path("integration") / "INT-006-outbound-webhooks-with-retries.md"
@@ -77,13 +78,6 @@ def entry(
     return out
 
 
-def edit(repo: Path, rel: Path, old: str, new: str) -> None:
-    path = repo / rel
-    text = path.read_text()
-    assert old in text, (rel, old)
-    path.write_text(text.replace(old, new, 1))
-
-
 def http(
     daemon: Daemon,
     path: str,
@@ -100,16 +94,6 @@ def http(
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, exc.read()
-
-
-async def ws_status(url: str, **kwargs: Any) -> int:
-    """101 when the handshake was accepted, else the HTTP status of the refusal."""
-    try:
-        async with websockets.connect(url, subprotocols=["storywatch.v1"], **kwargs) as ws:
-            await ws.recv()
-            return 101
-    except InvalidStatus as exc:
-        return exc.response.status_code
 
 
 def error_lines(daemon: Daemon) -> list[str]:
@@ -194,8 +178,8 @@ async def test_epic_scoped_token_never_sees_another_epic(
         assert reply["type"] == "subscribed"  # a filter naming other epics is no error
 
     # Stories of other epics change, break, get duplicated and are deleted: nothing.
-    edit(repo, UI5, "status: ready", f"status: {SECRET}-status")
-    edit(repo, UI5, "title: ", f"title: {SECRET} ")
+    edit(repo / UI5, "status: ready", f"status: {SECRET}-status")
+    edit(repo / UI5, "title: ", f"title: {SECRET} ")
     (repo / "ui" / "UI-003-connection-status-indicator.md").write_text(
         (repo / UI3).read_text().replace("title: ", f"title: {SECRET} broken: [", 1)
     )
@@ -207,14 +191,14 @@ async def test_epic_scoped_token_never_sees_another_epic(
 
     # INT-004 leaves for ui (and becomes done): an out_of_scope delete with the old state,
     # matched on that old state only — not "to-ui", not "done".
-    edit(repo, INT4, "epic: integration", "epic: ui")
-    edit(repo, INT4, "title: ", f"title: {SECRET} ")
+    edit(repo / INT4, "epic: integration", "epic: ui")
+    edit(repo / INT4, "title: ", f"title: {SECRET} ")
     left = await watch.event_of("INT-004")
     assert left["type"] == "story.deleted" and left["reason"] == "out_of_scope"
     assert left["story"]["epic"] == "integration"
     assert left["subs"] == ["all"]
     for n in range(3):  # its life in ui is invisible
-        edit(repo, INT4, f"title: {SECRET}", f"title: {SECRET}{n}")
+        edit(repo / INT4, f"title: {SECRET}", f"title: {SECRET}{n}")
     assert await marker(watch, repo, 2) == []
 
     # A ui story enters integration: in_scope, its new state only, no old ui values.
@@ -233,7 +217,7 @@ async def test_epic_scoped_token_never_sees_another_epic(
     # pending gets coalesced, and a coalesced event is still only a view. The pause
     # between edits only makes each edit its own batch (longer than settle_ms).
     async def paced(rel: Path, old: str, new: str) -> None:
-        edit(repo, rel, old, new)
+        edit(repo / rel, old, new)
         await asyncio.sleep(0.08)
 
     for n in range(4):
@@ -677,7 +661,7 @@ async def test_slowloris_sockets_are_dropped_and_do_not_lock_out_clients(
     # Meanwhile a normal client connects, subscribes and gets an event.
     client = await connect(daemon.ws_url())
     await client.subscribe("s", {})
-    edit(repo, UI5, "status: ready", "status: done")
+    edit(repo / UI5, "status: ready", "status: done")
     (event,) = await client.events(1)
     assert event["type"] == "story.transitioned"
     assert time.monotonic() - started < HANDSHAKE_TIMEOUT_S / 2
@@ -751,7 +735,7 @@ async def test_tls_with_a_self_signed_certificate(
     client = await connect(url, ssl=context)
     _, stories = await client.subscribe("s", {}, snapshot=True)
     assert len(stories) == 50
-    edit(repo, UI5, "status: ready", "status: done")
+    edit(repo / UI5, "status: ready", "status: done")
     (event,) = await client.events(1)
     assert event["to"] == "done"
 
@@ -836,7 +820,7 @@ async def test_sighup_closes_removed_and_narrowed_tokens_with_1008(
     _, stories = await narrowed.subscribe("s", {}, snapshot=True)
     assert {s["epic"] for s in stories} == {"integration"}
     # The widened token sees its new epic on the connection it already had.
-    edit(repo, UI5, "status: ready", "status: done")
+    edit(repo / UI5, "status: ready", "status: done")
     event, _ = await clients["widen"].recv_until(lambda m: m.get("story_id") == "UI-005")
     assert event["type"] == "story.transitioned"
     assert any("SIGHUP" in line for line in daemon.stderr_lines)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -12,16 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.daemon import Client, Daemon
-
-
-def set_status(path: Path, status: str) -> None:
-    text = path.read_text()
-    path.write_text(re.sub(r"^status: .*$", f"status: {status}", text, count=1, flags=re.M))
-
-
-def story_path(repo: Path, story_id: str) -> Path:
-    (match,) = [p for p in repo.rglob(f"{story_id}-*.md")]
-    return match
+from tests.integration.helpers import set_status, story_path
 
 
 def restart(daemon_factory: type[Daemon], repo: Path, port: int) -> Daemon:
