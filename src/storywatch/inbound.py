@@ -256,7 +256,7 @@ def _publish_item(item: Any, rules: PathRules) -> PublishItem:
     if problem:
         raise RequestError("bad_request", f"story {problem}")
     path = story.get("path")
-    if path is not None and not published_path_ok(path, rules):
+    if "path" in story and not published_path_ok(path, rules):
         raise RequestError(
             "bad_request",
             "story `path` must be a *.md file inside the repo that is not ignored "

@@ -28,6 +28,7 @@ TOKENS: dict[str, tuple[str, list[str], list[str] | None]] = {
     "admin": ("tok-admin", ["read", "publish", "admin"], None),
     "publisher": ("tok-publisher", ["publish"], None),
     "integration": ("tok-integration", ["read"], ["integration"]),
+    "ui-publisher": ("tok-ui-publisher", ["publish"], ["ui"]),
 }
 
 

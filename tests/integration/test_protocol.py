@@ -146,6 +146,7 @@ async def test_subscribe_and_unsubscribe(daemon: Daemon, repo: Path, clients: Cl
         "seq": client.welcome["seq"],
         "recovered": None,
         "replayed": 0,
+        "compacted": False,
     }
     edit(repo / UI5, "priority: low", "priority: high")
     (event,) = await client.events(1)
