@@ -239,8 +239,7 @@ async def test_epic_scoped_token_never_sees_another_epic(
     # A broken integration story is reported; its duplicate in another epic shows the
     # owner's state only (the duplicate's own content never).
     edit(
-        repo,
-        Path("integration") / "INT-008-editor-temp-file-handling.md",
+        repo / "integration" / "INT-008-editor-temp-file-handling.md",
         "title: ",
         "title: [unclosed ",
     )
