@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from storywatch.errors import BackendError, NotLeaderError
@@ -61,12 +62,19 @@ class Ingest:
         emit: bool = True,
         reseed: bool = False,
         expected_later: int = 0,
+        attribution: Mapping[str, Json] | None = None,
     ) -> list[Event]:
+        """``attribution``: path → the commit its event carries in ``source.git.commit``."""
         for result in changes.values():
             if isinstance(result, ParseError) and result.has_front_matter:
                 self.on_parse_error(result.reason)
         async with self.lock:
             drafts = self.index.apply(changes, emit=emit)
+            if attribution:
+                drafts = [
+                    replace(d, commit=attribution[d.path]) if d.path in attribution else d
+                    for d in drafts
+                ]
             # The batch's source learns its size here; held deletes share the same dict.
             if source.get("kind") == "fs" and "batch_size" not in source:
                 source["batch_size"] = len(drafts) + expected_later
@@ -123,7 +131,12 @@ class Ingest:
         if self._retry is not None:
             self._retry.cancel()
 
-    async def publish(self, items: list[Json], source: Json | None) -> list[Event]:
+    async def publish(
+        self,
+        items: list[Json],
+        source: Json | None,
+        attribution: Mapping[str, Json] | None = None,
+    ) -> list[Event]:
         """Diff ``publish`` items against the index and emit what changed."""
         source = dict(source) if source else {}
         source.setdefault("kind", "publish")
@@ -143,7 +156,7 @@ class Ingest:
                 if old_path is not None and old_path != story.path:
                     changes.setdefault(old_path, None)  # a move, not a duplicate
                 changes[story.path] = story
-        return await self.apply(changes, source)
+        return await self.apply(changes, source, attribution=attribution)
 
     def target_path(self, raw: Mapping[str, Any]) -> str:
         """The file a published story lands on: its ``path``, else where it is, else its id."""

@@ -17,11 +17,13 @@ import asyncio
 import itertools
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from watchfiles import Change, awatch
 
+from storywatch import attribution
 from storywatch.config import WatchSettings
 from storywatch.events import Json
 from storywatch.ingest import Ingest
@@ -41,6 +43,7 @@ class _Held:
     story_id: str
     deadline: float
     source: Json
+    commits: Mapping[str, Json] = field(default_factory=dict)  # SPEC §11, of its batch
 
 
 class Watcher:
@@ -170,6 +173,7 @@ class Watcher:
         """Re-read these paths and hand the results over, with the editor-save holds."""
         results = await self._read(rels)
         source = self._source()
+        commits = await self._attribute(source, results)
         loop = asyncio.get_running_loop()
         now = loop.time()
         index = self.ingest.index
@@ -186,10 +190,10 @@ class Watcher:
             if story_id is None or self.grace_s <= 0:
                 continue
             if result is None and story_id not in returning:
-                self.held[rel] = _Held(story_id, now + self.grace_s, source)
+                self.held[rel] = _Held(story_id, now + self.grace_s, source, commits)
                 del results[rel]
             elif isinstance(result, ParseError) and rel not in index.broken:
-                self.recheck[rel] = _Held(story_id, now + self.grace_s, source)
+                self.recheck[rel] = _Held(story_id, now + self.grace_s, source, commits)
                 del results[rel]
         # Held paths are emitted later with this batch's source: they count in its size
         # (one that comes back elsewhere in time is a move, counted by that later batch).
@@ -203,13 +207,23 @@ class Watcher:
             len(self.held),
             len(self.recheck),
         )
-        await self.ingest.apply(results, source, expected_later=held_here)
+        await self.ingest.apply(
+            results, source, expected_later=held_here, attribution=commits
+        )
         self._schedule()
 
     async def _read(self, rels: set[str]) -> dict[str, ParseResult | None]:
         # Always off the loop: one hostile file (a megabyte of tiny YAML values) takes
         # seconds to build before the size guards can see it.
         return await asyncio.to_thread(self.repo.read_many, sorted(rels))
+
+    async def _attribute(self, source: Json, paths: Mapping[str, object]) -> Mapping[str, Json]:
+        """SPEC §11: when HEAD moved, the commit of every path that matches the new HEAD."""
+        git = source.get("git")
+        head = git.get("head") if isinstance(git, dict) else None
+        if not head or not paths:
+            return {}
+        return await attribution.attribute(self.repo.root, str(head), list(paths))
 
     def _source(self) -> Json:
         source: Json = {"kind": "fs", "batch": f"b-{next(self._batches)}"}
@@ -243,12 +257,12 @@ class Watcher:
                     due[rel] = held
                     del table[rel]
         # Group by source so each event keeps the batch it was seen in.
-        by_source: dict[int, tuple[Json, list[str]]] = {}
+        by_source: dict[int, tuple[Json, list[str], Mapping[str, Json]]] = {}
         for rel, held in due.items():
-            by_source.setdefault(id(held.source), (held.source, []))[1].append(rel)
-        for source, rels in by_source.values():
+            by_source.setdefault(id(held.source), (held.source, [], held.commits))[1].append(rel)
+        for source, rels, commits in by_source.values():
             results = self.repo.read_many(sorted(rels))
-            await self.ingest.apply(results, source)
+            await self.ingest.apply(results, source, attribution=commits)
         self._schedule()
 
 

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from storywatch.config import BackendSettings
 from storywatch.errors import BackendError, NotLeaderError
-from storywatch.events import Draft, Event, Json, number, utc_now_iso
+from storywatch.events import Draft, Event, Json, number, utc_now_iso, with_commit
 from storywatch.log import IndexRecords, LogState, new_epoch
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class RedisLog:
             json.dumps(source, separators=(",", ":")),
             "1" if reseed else "0",
         ]
-        args += [json.dumps(d.to_json(), ensure_ascii=False, separators=(",", ":")) for d in drafts]
+        args += [json.dumps(_stored(d), ensure_ascii=False, separators=(",", ":")) for d in drafts]
         for path, record in (index or {}).items():
             args += [path, "" if record is None else json.dumps(record, ensure_ascii=False)]
         keys = [self.keys["meta"], self.keys["events"], self.keys["index"], self.keys["lock"]]
@@ -301,22 +301,35 @@ def _stream_events(answer: Any) -> list[Event]:
     return events
 
 
+def _stored(draft: Draft) -> Json:
+    """The draft as kept in the stream; its commit (SPEC §11) rides along as ``_commit``."""
+    data = draft.to_json()
+    if draft.commit is not None:
+        data["_commit"] = draft.commit
+    return data
+
+
 def _event(entry_id: str, fields: dict[str, str]) -> Event:
     seq = int(entry_id.split("-", 1)[0])
     draft = json.loads(fields["d"])
+    source = json.loads(fields["s"])
+    commit = draft.pop("_commit", None)
     data = {
         "type": draft.pop("type"),
         "seq": seq,
         "epoch": fields["e"],
         "time": fields["t"],
         **draft,
-        "source": json.loads(fields["s"]),
+        "source": source if commit is None else with_commit(source, commit),
     }
     return Event(seq=seq, epoch=fields["e"], data=data)
 
 
 async def publish_items(
-    settings: BackendSettings, items: list[Json], source: Json | None
+    settings: BackendSettings,
+    items: list[Json],
+    source: Json | None,
+    attribution: dict[str, Json] | None = None,
 ) -> tuple[int, int]:
     """``storywatch publish --redis-url``: diff items against the shared index and append.
 
@@ -331,7 +344,7 @@ async def publish_items(
     try:
         state = await log.open()
         ingest = Ingest(Index.from_records(state.index), log, None)
-        events = await ingest.publish(items, source)
+        events = await ingest.publish(items, source, attribution)
         if ingest.backlog:
             raise BackendError("redis became unreachable while publishing")
         return len(events), events[-1].seq if events else state.seq
