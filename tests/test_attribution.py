@@ -63,10 +63,17 @@ def log_stream(*records: tuple[bytes, list[bytes]]) -> bytes:
 
 def test_parser_reads_commits_changes_and_merge_parents() -> None:
     stream = log_stream(
-        (raw_commit(SHA_A, [SHA_B, SHA_C], "Merge it", from_parent=SHA_B), [raw_change("M", "x.md")]),
-        (raw_commit(SHA_B, [SHA_C], "Edit x and y\n\nwith a body"), [
-            raw_change("M", "x.md"), raw_change("D", "y.md"),
-        ]),
+        (
+            raw_commit(SHA_A, [SHA_B, SHA_C], "Merge it", from_parent=SHA_B),
+            [raw_change("M", "x.md")],
+        ),
+        (
+            raw_commit(SHA_B, [SHA_C], "Edit x and y\n\nwith a body"),
+            [
+                raw_change("M", "x.md"),
+                raw_change("D", "y.md"),
+            ],
+        ),
         (raw_commit(SHA_C, [], "Root"), [raw_change("A", "dir/z w.md", "0" * 40)]),
     )
     # Fed in awkward pieces: tokens may split anywhere.
@@ -81,8 +88,9 @@ def test_parser_reads_commits_changes_and_merge_parents() -> None:
     assert merge.changes == {"x.md": ("100644", OID_2)}
     assert edit.changes == {"x.md": ("100644", OID_2), "y.md": None}
     assert edit.commit.subject == "Edit x and y"
-    assert edit.commit == Commit(SHA_B, "Bea Baker", "bea@example.com",
-                                 "2023-11-14T23:43:20+01:30", "Edit x and y")
+    assert edit.commit == Commit(
+        SHA_B, "Bea Baker", "bea@example.com", "2023-11-14T23:43:20+01:30", "Edit x and y"
+    )
     assert root.parents == [] and root.changes == {"dir/z w.md": ("100644", OID_2)}
 
 
@@ -94,8 +102,9 @@ def test_subject_and_time() -> None:
     assert iso_time("garbage") == ""
 
 
-def block(sha: str, parents: list[str], changes: dict[str, str | None],
-          from_parent: str | None = None) -> Block:
+def block(
+    sha: str, parents: list[str], changes: dict[str, str | None], from_parent: str | None = None
+) -> Block:
     commit = Commit(sha, "A", "a@x", "", sha)
     entries = {p: (None if oid is None else ("100644", oid)) for p, oid in changes.items()}
     return Block(commit, parents, from_parent, entries)
@@ -171,8 +180,11 @@ def test_matches_worktree(tmp_path: Path) -> None:
 def test_with_commit_copies_the_source() -> None:
     source = {"kind": "fs", "batch": "b-1", "git": {"head": "h", "branch": "main"}}
     out = with_commit(source, {"sha": "s"})
-    assert out == {"kind": "fs", "batch": "b-1",
-                   "git": {"head": "h", "branch": "main", "commit": {"sha": "s"}}}
+    assert out == {
+        "kind": "fs",
+        "batch": "b-1",
+        "git": {"head": "h", "branch": "main", "commit": {"sha": "s"}},
+    }
     assert "commit" not in source["git"]
     assert with_commit(source, None) is source
     draft = Draft("story.updated", "X", "x.md", {"id": "X"}, {}, commit={"sha": "s"})
@@ -204,8 +216,9 @@ def test_split_by_commit_keeps_units_whole_and_in_order() -> None:
     paths = {"A": "a.md", "B": "b.md", "C": "c2.md", "D": "d.md"}
     commits = {"a.md": {"sha": "1"}, "b.md": {"sha": "2"}, "c2.md": {"sha": "1"}}
     groups = split_by_commit(units, paths, commits)
-    assert [(c and c["sha"], [u[-1].get("id") or u[-1]["story"]["id"] for u in us])
-            for c, us in groups] == [("1", ["A", "C"]), ("2", ["B"]), (None, ["D"])]
+    assert [
+        (c and c["sha"], [u[-1].get("id") or u[-1]["story"]["id"] for u in us]) for c, us in groups
+    ] == [("1", ["A", "C"]), ("2", ["B"]), (None, ["D"])]
 
 
 # -- against git itself ------------------------------------------------------------------
@@ -277,8 +290,11 @@ async def test_attribute_only_paths_matching_new(tmp_path: Path) -> None:
     found = await attribution.attribute(repo.root, new, ["a.md", "b.md", "gone.md", "new.md"])
     assert set(found) == {"a.md", "gone.md"}
     assert found["a.md"] == {
-        "sha": new, "author": "Bo Li", "email": "bo@example.com",
-        "time": found["a.md"]["time"], "subject": "finish A, drop G",
+        "sha": new,
+        "author": "Bo Li",
+        "email": "bo@example.com",
+        "time": found["a.md"]["time"],
+        "subject": "finish A, drop G",
     }
     assert found["a.md"]["time"].endswith("+02:00")
     assert found["gone.md"]["sha"] == new

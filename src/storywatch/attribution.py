@@ -32,6 +32,7 @@ filters, and a thread cannot be killed at the time limit, where a process can.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -440,10 +441,8 @@ async def _stream_log(root: Path, rev: str, paths: list[str], resolver: Resolver
                 break
     finally:
         if proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 proc.kill()  # done early, timed out or cancelled: git need not walk on
-            except ProcessLookupError:
-                pass
             await asyncio.shield(proc.wait())
 
 

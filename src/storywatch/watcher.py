@@ -207,9 +207,7 @@ class Watcher:
             len(self.held),
             len(self.recheck),
         )
-        await self.ingest.apply(
-            results, source, expected_later=held_here, attribution=commits
-        )
+        await self.ingest.apply(results, source, expected_later=held_here, attribution=commits)
         self._schedule()
 
     async def _read(self, rels: set[str]) -> dict[str, ParseResult | None]:
