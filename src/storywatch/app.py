@@ -25,6 +25,7 @@ from storywatch.auth import Authenticator, hash_token, new_token
 from storywatch.config import Settings, TokenEntry
 from storywatch.errors import BackendError, ConfigError
 from storywatch.events import Json
+from storywatch.history import git_history
 from storywatch.hub import Hub
 from storywatch.index import Index
 from storywatch.ingest import Ingest
@@ -124,6 +125,8 @@ class App:
                 authenticator=Authenticator(self.tokens),
                 accepting=lambda: self.ready,
             )
+            if self.watch:  # SPEC §11: the history API reads git in the watched repo
+                self.server.api.commits_of = git_history(self.settings.repo)
             await self.server.start()
         state = await self._open_log()
         index = Index.from_records(state.index)
