@@ -32,11 +32,21 @@ STORIES = {  # id → (path, epic)
 }
 
 
-def write_story(repo: GitRepo, story_id: str, status: str, *, title: str = "",
-                body: str = "body", path: str = "") -> None:
+def write_story(
+    repo: GitRepo,
+    story_id: str,
+    status: str,
+    *,
+    title: str = "",
+    body: str = "body",
+    path: str = "",
+) -> None:
     rel, epic = STORIES[story_id]
-    repo.write(path or rel, f"---\nid: {story_id}\ntitle: {title or story_id}\n"
-                            f"status: {status}\nepic: {epic}\n---\n\n{body}\n")
+    repo.write(
+        path or rel,
+        f"---\nid: {story_id}\ntitle: {title or story_id}\n"
+        f"status: {status}\nepic: {epic}\n---\n\n{body}\n",
+    )
 
 
 def upstream(root: Path) -> GitRepo:
@@ -48,9 +58,11 @@ def upstream(root: Path) -> GitRepo:
 
 
 def clone(up: GitRepo, dest: Path) -> GitRepo:
-    subprocess.run(["git", "clone", "-q", str(up.root), str(dest)], check=True,
-                   env={"PATH": "/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1",
-                        "GIT_CONFIG_GLOBAL": "/dev/null"})
+    subprocess.run(
+        ["git", "clone", "-q", str(up.root), str(dest)],
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"},
+    )
     repo = GitRepo(dest)
     repo.clock = up.clock + 10_000
     return repo
@@ -69,8 +81,9 @@ def assert_attributed(repo: GitRepo, events: list[dict[str, Any]]) -> None:
         assert commit is not None, event
         assert commit["sha"] == repo.last("HEAD", event["path"]), event
         line = repo.git("log", "-1", "--format=%an%x00%ae%x00%aI%x00%s", commit["sha"])
-        assert [commit["author"], commit["email"], commit["time"], commit["subject"]] == \
-            line.split("\0")
+        assert [commit["author"], commit["email"], commit["time"], commit["subject"]] == line.split(
+            "\0"
+        )
         assert event["source"]["git"]["head"] == repo.head()
 
 
@@ -114,8 +127,11 @@ async def test_attribution_through_git_operations(
     pulled = await next_events(client, 2)
     assert_attributed(repo, list(pulled.values()))
     assert commit_of(pulled["INT-1"]) == {
-        "sha": cy, "author": "Cy Young", "email": "cy@example.com",
-        "time": commit_of(pulled["INT-1"])["time"], "subject": "INT-1 started",  # type: ignore[index]
+        "sha": cy,
+        "author": "Cy Young",
+        "email": "cy@example.com",
+        "time": commit_of(pulled["INT-1"])["time"],
+        "subject": "INT-1 started",  # type: ignore[index]
     }
     assert commit_of(pulled["INT-1"])["time"].endswith("+05:30")  # type: ignore[index]
     assert (pulled["INT-1"]["from"], pulled["INT-1"]["to"]) == ("draft", "in-progress")
@@ -181,7 +197,8 @@ async def test_attribution_through_git_operations(
     seqs = [e["seq"] for e in history["events"]]
     assert seqs == sorted(seqs, reverse=True) and len(seqs) == 4
     assert [c["sha"] for c in history["commits"]] == repo.git(
-        "log", "--follow", "--format=%H", "HEAD", "--", "stories/INT-1-moved.md").split()
+        "log", "--follow", "--format=%H", "HEAD", "--", "stories/INT-1-moved.md"
+    ).split()
     assert [(c["path"], c["status"], c["author"]) for c in history["commits"]] == [
         ("stories/INT-1-moved.md", "in-progress", "Cy Young"),
         ("stories/INT-1.md", "in-progress", "Cy Young"),
@@ -261,10 +278,12 @@ async def test_commit_travels_through_the_redis_stream(
     world: tuple[GitRepo, GitRepo], redis_server: RedisServer, daemon_factory: type[Daemon]
 ) -> None:
     up, repo = world
-    daemon_factory(repo.root, command="watch", backend="redis",
-                             extra_args=["--redis-url", redis_server.url]).start()
-    server = daemon_factory(repo.root, command="serve", backend="redis",
-                            extra_args=["--redis-url", redis_server.url]).start()
+    daemon_factory(
+        repo.root, command="watch", backend="redis", extra_args=["--redis-url", redis_server.url]
+    ).start()
+    server = daemon_factory(
+        repo.root, command="serve", backend="redis", extra_args=["--redis-url", redis_server.url]
+    ).start()
     server.wait_healthy()
     client = await Client.connect(server.ws_url())
     assert len(await wait_for_stories(client, 4)) == 4  # the watcher is watching
@@ -297,13 +316,35 @@ async def test_publish_carries_the_commit_of_each_path(
     client = await Client.connect(daemon.ws_url())
     await client.subscribe()
     zero = "0" * 40
-    first = storywatch("publish", "--from", zero, "--to", base, "--repo", str(repo.root),
-                       "--url", daemon.http, "--token", "tok-publisher")
+    first = storywatch(
+        "publish",
+        "--from",
+        zero,
+        "--to",
+        base,
+        "--repo",
+        str(repo.root),
+        "--url",
+        daemon.http,
+        "--token",
+        "tok-publisher",
+    )
     assert first.returncode == 0, first.stderr
     created = await next_events(client, 4)
     assert {commit_of(e)["sha"] for e in created.values()} == {base}  # type: ignore[index]
-    done = storywatch("publish", "--from", base, "--to", repo.head(), "--repo",
-                      str(repo.root), "--url", daemon.http, "--token", "tok-publisher")
+    done = storywatch(
+        "publish",
+        "--from",
+        base,
+        "--to",
+        repo.head(),
+        "--repo",
+        str(repo.root),
+        "--url",
+        daemon.http,
+        "--token",
+        "tok-publisher",
+    )
     assert done.returncode == 0, done.stderr
     events = await next_events(client, 3)
     assert commit_of(events["INT-1"])["sha"] == bo  # type: ignore[index]
@@ -326,14 +367,27 @@ async def test_publish_into_redis_carries_commits(
     bo = repo.commit("INT-1 ready", author="Bo Li")
     write_story(repo, "INT-2", "done")
     cy = repo.commit("INT-2 done", author="Cy Young")
-    daemon = daemon_factory(tmp_path / "unused", command="serve", backend="redis",
-                            extra_args=["--redis-url", redis_server.url]).start()
+    daemon = daemon_factory(
+        tmp_path / "unused",
+        command="serve",
+        backend="redis",
+        extra_args=["--redis-url", redis_server.url],
+    ).start()
     daemon.wait_healthy()
     client = await Client.connect(daemon.ws_url())
     await client.subscribe()
     for rev_from, rev_to, count in (("0" * 40, base, 4), (base, repo.head(), 2)):
-        done = storywatch("publish", "--from", rev_from, "--to", rev_to, "--repo",
-                          str(repo.root), "--redis-url", redis_server.url)
+        done = storywatch(
+            "publish",
+            "--from",
+            rev_from,
+            "--to",
+            rev_to,
+            "--repo",
+            str(repo.root),
+            "--redis-url",
+            redis_server.url,
+        )
         assert done.returncode == 0, done.stderr
         events = await next_events(client, count)
     assert commit_of(events["INT-1"])["sha"] == bo  # type: ignore[index]
