@@ -3,6 +3,7 @@ real backlog histories in shared/data (checked against git log parsed here)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -15,7 +16,6 @@ import pytest
 from storywatch.events import Draft, number
 from storywatch.filters import Scope
 from storywatch.history import (
-    Version,
     find_story,
     parse_batch_answers,
     parse_follow_log,
@@ -180,7 +180,6 @@ def own_timeline(root: Path, path: str) -> list[tuple[str, str, str | None]]:
         check=True,
     ).stdout
     rows: list[tuple[str, str, str | None]] = []
-    current = path
     sha = ""
     for line in out.splitlines():
         if line.startswith("@"):
@@ -189,10 +188,7 @@ def own_timeline(root: Path, path: str) -> list[tuple[str, str, str | None]]:
         if not line.strip():
             continue
         parts = line.split("\t")
-        if parts[0].startswith("R"):
-            here, current = parts[2], parts[1]
-        else:
-            here = current = parts[1]
+        here = parts[2] if parts[0].startswith("R") else parts[1]
         status = None
         if not parts[0].startswith("D"):
             blob = subprocess.run(
@@ -273,6 +269,6 @@ def test_status_timeline_of_a_real_story(
         check=True,
     ).stdout
     statuses = [s for _, _, s in reversed(mine)]
-    changes = [(a, b) for a, b in zip(statuses, statuses[1:], strict=False) if a != b]
+    changes = [(a, b) for a, b in itertools.pairwise(statuses) if a != b]
     for old, new in changes:
         assert f"{old or '(none)'} → {new or '(none)'}" in text, text
