@@ -23,7 +23,6 @@ from tests.gitrepo import GitRepo
 from tests.integration.daemon import Daemon
 from tests.integration.test_attribution import clone, upstream, write_story
 from tests.integration.test_board import CHROMIUM, CHROMIUM_ARGS, _missing_browser, _ms, card
-from tests.integration.test_board import page  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.browser
 
@@ -50,6 +49,18 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(_ms(10))
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
 def strict_csp(html: str, port: int) -> str:
     """A policy allowing exactly the page's inline blocks and its own origin."""
     hashes: dict[str, list[str]] = {"script": [], "style": []}
@@ -66,7 +77,7 @@ def strict_csp(html: str, port: int) -> str:
     )
 
 
-def serve_with_csp(page: Any, daemon: Daemon) -> list[str]:
+def serve_with_csp(board: Any, daemon: Daemon) -> list[str]:
     """Route the board page through a strict CSP; returns the violations seen."""
     violations: list[str] = []
 
@@ -76,18 +87,18 @@ def serve_with_csp(page: Any, daemon: Daemon) -> list[str]:
         headers = {**response.headers, "content-security-policy": strict_csp(body, daemon.port)}
         route.fulfill(response=response, headers=headers, body=body)
 
-    page.route(f"{daemon.http}/", with_policy)
-    page.add_init_script(
+    board.route(f"{daemon.http}/", with_policy)
+    board.add_init_script(
         "window.__csp = [];"
         "document.addEventListener('securitypolicyviolation',"
         " (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
     )
-    page.on("console", lambda msg: violations.append(msg.text) if "Refused" in msg.text else None)
+    board.on("console", lambda msg: violations.append(msg.text) if "Refused" in msg.text else None)
     return violations
 
 
 def test_opening_a_card_shows_who_moved_it(
-    page: Any,  # noqa: F811 - the fixture
+    page: Any,
     tmp_path: Path,
     daemon_factory: type[Daemon],
 ) -> None:
