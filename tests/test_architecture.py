@@ -34,6 +34,7 @@ PURE = {
     "holds",
     "paths",
     "ports",
+    "history",
 }
 IO_LIBRARIES = {
     "asyncio",

@@ -33,7 +33,7 @@ def test_a_vanished_story_file_is_held_until_grace_is_over() -> None:
     assert holds.held_from(first) == 1
     assert holds.next_deadline() == 10.3
     assert holds.due(10.2) == []
-    assert holds.due(10.3) == [(first, ["a.md"])]
+    assert holds.due(10.3) == [(first, ["a.md"], {})]
     assert holds.next_deadline() is None
 
 
@@ -75,4 +75,4 @@ def test_due_paths_keep_the_batch_they_were_seen_in() -> None:
     one, two = source(1), source(2)
     holds.sort({"a.md": None}, one, 0.0, owns, is_broken)
     holds.sort({"b.md": None}, two, 0.1, owns, is_broken)
-    assert holds.due(1.0) == [(one, ["a.md"]), (two, ["b.md"])]
+    assert holds.due(1.0) == [(one, ["a.md"], {}), (two, ["b.md"], {})]

@@ -33,6 +33,7 @@ from storywatch.config import Settings
 from storywatch.errors import BackendError, ConfigError
 from storywatch.eventlog import EventLog, LogState, SharedLog
 from storywatch.events import Json
+from storywatch.gitlog import git_history
 from storywatch.hub import Hub
 from storywatch.index import Index
 from storywatch.ingest import Ingest
@@ -137,6 +138,8 @@ class App:
                 self.metrics,
                 publisher=self.ingest,
                 bodies=self.ingest,
+                # SPEC §11: the history API reads git in the watched repo (serve: none).
+                commits_of=git_history(self.settings.repo) if self.watch else None,
                 health=self.health,
                 authenticator=Authenticator(self.tokens),
                 accepting=lambda: self.ready,

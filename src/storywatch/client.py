@@ -343,18 +343,21 @@ async def publish(
     *,
     timeout: float = 30,
     pace: float = 1 / 15,
+    sources: Sequence[Json] | None = None,
 ) -> PublishResult:
     """Send each batch as one ``publish`` message and wait for its ``published`` ack.
 
     Batches go one at a time: the acks keep them in order, and ``pace`` keeps a long run
-    under the server's inbound rate limit (20 messages/s by default).
+    under the server's inbound rate limit (20 messages/s by default). ``sources``: one
+    ``source`` per batch (the commit of its stories, SPEC §11) instead of ``source``.
     """
     connection = await open_connection(url, token, timeout=timeout)
     count, seq = 0, None
     try:
         await _expect(connection, lambda m: m.get("type") == "welcome", timeout)
         for n, items in enumerate(batches, 1):
-            ack = await _publish_one(connection, f"publish-{n}", items, source, timeout)
+            batch_source = sources[n - 1] if sources is not None else source
+            ack = await _publish_one(connection, f"publish-{n}", items, batch_source, timeout)
             count += int(ack.get("count", 0))
             seq = ack.get("seq") if isinstance(ack.get("seq"), int) else seq
             if n < len(batches):

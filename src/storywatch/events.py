@@ -48,6 +48,8 @@ class Draft:
     body_changed: bool = False
     old_path: str | None = None
     error: ParseError | None = None
+    # SPEC §11: the commit that made the file what it is; merged into the event's source.
+    commit: Json | None = None
 
     def to_json(self) -> Json:
         out: Json = {
@@ -146,8 +148,16 @@ class Event:
 def number(draft: Draft, seq: int, epoch: str, time: str, source: Json) -> Event:
     data = draft.to_json()
     data = {"type": data.pop("type"), "seq": seq, "epoch": epoch, "time": time, **data}
-    data["source"] = source
+    data["source"] = with_commit(source, draft.commit)
     return Event(seq=seq, epoch=epoch, data=data, born=_time.time())
+
+
+def with_commit(source: Json, commit: Json | None) -> Json:
+    """A copy of the batch's ``source`` with ``git.commit`` set (itself when no commit)."""
+    if commit is None:
+        return source
+    git = source.get("git")
+    return {**source, "git": {**(git if isinstance(git, dict) else {}), "commit": commit}}
 
 
 def old_state(data: Json) -> Json | None:

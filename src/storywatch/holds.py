@@ -10,8 +10,8 @@ Time is passed in; the watcher owns the clock, the timer and the files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from storywatch.events import Json
 from storywatch.story import ParseError, ParseResult, Story
@@ -24,6 +24,7 @@ class Held:
     story_id: str
     deadline: float
     source: Json  # the batch the change was seen in: the event keeps it when emitted later
+    commits: Mapping[str, Json] = field(default_factory=dict)  # SPEC §11, of its batch
 
 
 class Holds:
@@ -39,8 +40,11 @@ class Holds:
         now: float,
         owns: Callable[[str], str | None],
         is_broken: Callable[[str], bool],
+        commits: Mapping[str, Json] | None = None,
     ) -> Results:
-        """Fresh parse results of a batch → what to apply now; the rest is held."""
+        """Fresh parse results of a batch → what to apply now; the rest is held (with the
+        batch's ``source`` and ``commits``, which the events keep when emitted later)."""
+        commits = commits or {}
         results = dict(results)
         returning = {r.id for r in results.values() if isinstance(r, Story)}
         for rel in results:  # fresh content replaces anything held for the same path
@@ -57,10 +61,10 @@ class Holds:
             if story_id is None:
                 continue
             if result is None and story_id not in returning:
-                self.held[rel] = Held(story_id, now + self.grace_s, source)
+                self.held[rel] = Held(story_id, now + self.grace_s, source, commits)
                 del results[rel]
             elif isinstance(result, ParseError) and not is_broken(rel):
-                self.recheck[rel] = Held(story_id, now + self.grace_s, source)
+                self.recheck[rel] = Held(story_id, now + self.grace_s, source, commits)
                 del results[rel]
         return results
 
@@ -73,13 +77,18 @@ class Holds:
         deadlines = [h.deadline for h in (*self.held.values(), *self.recheck.values())]
         return min(deadlines) if deadlines else None
 
-    def due(self, now: float) -> list[tuple[Json, list[str]]]:
+    def due(self, now: float) -> list[tuple[Json, list[str], Mapping[str, Json]]]:
         """The paths whose hold is over, grouped by the batch they were seen in (each
-        event keeps its batch's source), to be read again and applied."""
-        by_source: dict[int, tuple[Json, list[str]]] = {}
+        event keeps its batch's source and commits), to be read again and applied."""
+        by_source: dict[int, tuple[Json, list[str], Mapping[str, Json]]] = {}
         for table in (self.held, self.recheck):
             for rel, held in list(table.items()):
                 if held.deadline <= now + 0.001:
                     del table[rel]
-                    by_source.setdefault(id(held.source), (held.source, []))[1].append(rel)
-        return [(source, sorted(rels)) for source, rels in by_source.values()]
+                    entry: tuple[Json, list[str], Mapping[str, Json]] = (
+                        held.source,
+                        [],
+                        held.commits,
+                    )
+                    by_source.setdefault(id(held.source), entry)[1].append(rel)
+        return [(source, sorted(rels), commits) for source, rels, commits in by_source.values()]

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from storywatch.coalesce import transformed
 from storywatch.events import Event, Json
 from storywatch.filters import FILTER_KEYS, Filter, FilterError
+from storywatch.history import CommitSource, story_history
 from storywatch.hub import Hub
 from storywatch.ports import StoryBodies
 from storywatch.values import Principal
@@ -57,9 +58,12 @@ def query_filter(query: Mapping[str, list[str]]) -> Filter:
 class Api:
     """``/api/*`` for one hub; ``bodies`` finds a story's markdown body by id."""
 
-    def __init__(self, hub: Hub, bodies: StoryBodies) -> None:
+    def __init__(
+        self, hub: Hub, bodies: StoryBodies, commits_of: CommitSource | None = None
+    ) -> None:
         self.hub = hub
         self.bodies = bodies
+        self.commits_of = commits_of  # SPEC §11: git, when there is a repo
         self._new_events = asyncio.Event()
         hub.listeners.append(self._wake)
 
@@ -77,6 +81,9 @@ class Api:
         route = parts.path.rstrip("/")
         if route == "/api/stories":
             return self.stories(principal, flt)
+        if route.startswith("/api/stories/") and route.endswith("/history"):  # SPEC §11
+            story_id = route.removeprefix("/api/stories/").removesuffix("/history")
+            return await self.history(unquote(story_id), query, principal)
         if route.startswith("/api/stories/"):
             return self.story(unquote(route.removeprefix("/api/stories/")), principal)
         if route == "/api/events":
@@ -88,6 +95,17 @@ class Api:
         stories = [s for s in self.hub.stories() if scope.sees(s) and flt.matches_story(s)]
         stories.sort(key=lambda s: str(s.get("id")))
         return json_reply(200, {"epoch": self.hub.epoch, "seq": self.hub.seq, "stories": stories})
+
+    async def history(
+        self, story_id: str, query: Mapping[str, list[str]], principal: Principal
+    ) -> HttpReply:
+        """The story's timeline from the retained events and git (``commits_of``)."""
+        retained = list(self.hub.buffer)
+        current = self.hub.story(story_id)
+        status, payload = await story_history(
+            story_id, current, retained, principal.epics, query, self.commits_of
+        )
+        return json_reply(status, payload)
 
     def story(self, story_id: str, principal: Principal) -> HttpReply:
         story = self.hub.story(story_id)

@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 
 from storywatch.errors import BackendError, NotLeaderError, PublishRejected, RefusedError
 from storywatch.eventlog import EventLog, IndexRecords
@@ -107,15 +107,22 @@ class Ingest:
         emit: bool = True,
         reseed: bool = False,
         expected_later: int = 0,
+        attribution: Mapping[str, Json] | None = None,
     ) -> list[Event]:
         """Diff these parse results into the index and log what changed; the events of
-        this batch once logged ([] while the log is unreachable, or if it refused them)."""
+        this batch once logged ([] while the log is unreachable, or if it refused them).
+        ``attribution``: path → the commit its event carries in ``source.git.commit``."""
         for result in changes.values():
             if isinstance(result, ParseError) and result.has_front_matter:
                 self.on_parse_error(result.reason)
         async with self.lock:
             batch = await self._apply_locked(
-                changes, source, emit=emit, reseed=reseed, expected_later=expected_later
+                changes,
+                source,
+                emit=emit,
+                reseed=reseed,
+                expected_later=expected_later,
+                attribution=attribution,
             )
         return batch.events if batch is not None else []
 
@@ -127,8 +134,14 @@ class Ingest:
         emit: bool = True,
         reseed: bool = False,
         expected_later: int = 0,
+        attribution: Mapping[str, Json] | None = None,
     ) -> _Batch | None:
         drafts = self.index.apply(changes, emit=emit)
+        if attribution:
+            drafts = [
+                replace(d, commit=attribution[d.path]) if d.path in attribution else d
+                for d in drafts
+            ]
         # The batch's source learns its size here; held deletes share the same dict.
         if source.get("kind") == "fs" and "batch_size" not in source:
             source["batch_size"] = len(drafts) + expected_later
@@ -191,10 +204,16 @@ class Ingest:
 
     # -- the publish port ---------------------------------------------------------------
 
-    async def publish(self, request: Publish, principal: Principal | None) -> Published:
+    async def publish(
+        self,
+        request: Publish,
+        principal: Principal | None,
+        attribution: Mapping[str, Json] | None = None,
+    ) -> Published:
         """Check and apply a publish on one index state, under the lock (SPEC §13): on a
         shared log that state is re-read first, so every node checks the same thing it
-        applies to. ``principal`` None: a trusted local caller (the CLI)."""
+        applies to. ``principal`` None: a trusted local caller (the CLI, which also knows
+        each path's commit: ``attribution``)."""
         source: Json = {"kind": "publish", **request.source}
         if principal is not None:
             source["token"] = principal.name  # who published, whatever the client claimed
@@ -205,7 +224,9 @@ class Ingest:
                     self.index, self.last_seq = await self.refresh()
             if principal is not None and principal.epics.epics is not None:
                 self._check_scope(request, principal.epics)
-            batch = await self._apply_locked(self._changes(request), source)
+            batch = await self._apply_locked(
+                self._changes(request), source, attribution=attribution
+            )
         if batch is not None and batch.refused:
             raise PublishRejected("bad_request", "the event log refused this publish")
         events = batch.events if batch is not None else []

@@ -32,6 +32,7 @@ from storywatch.auth import Authenticator, origin_allowed, token_from
 from storywatch.config import Settings
 from storywatch.errors import PublishRejected
 from storywatch.events import Json, utc_now_iso
+from storywatch.history import CommitSource
 from storywatch.http import Api, HttpReply, board_page, error_reply, json_reply
 from storywatch.hub import Hub
 from storywatch.inbound import Publish, safe_ref
@@ -90,6 +91,7 @@ class StoryServer:
         *,
         publisher: Publisher | None,
         bodies: StoryBodies,
+        commits_of: CommitSource | None = None,
         health: Callable[[], tuple[int, Json]],
         authenticator: Authenticator,
         accepting: Callable[[], bool] = lambda: True,
@@ -101,7 +103,7 @@ class StoryServer:
         self.health = health
         self.auth = authenticator
         self.accepting = accepting  # False until the app is ready: /ws and /api answer 503
-        self.api = Api(hub, bodies)
+        self.api = Api(hub, bodies, commits_of)
         self.tls = bool(settings.server.tls_cert)
         self._rules = PathRules(settings.watch.include, settings.watch.exclude)
         self._board_page = board_page(settings.board_statuses)

@@ -29,8 +29,8 @@ import yaml
 from storywatch.auth import hash_token, new_token
 from storywatch.config import BackendSettings, Settings, load_settings
 from storywatch.errors import BackendError, ConfigError, PublishRejected, StorywatchError
-from storywatch.events import EVENT_TYPES, Json
-from storywatch.gitdiff import GitDiff, diff_revisions, index_of
+from storywatch.events import EVENT_TYPES, Draft, Json, with_commit
+from storywatch.gitdiff import GitDiff, diff_revisions, index_of, is_zero_sha
 from storywatch.inbound import MAX_PUBLISH_ITEMS, Publish, RequestError, parse_request
 from storywatch.paths import PathRules
 from storywatch.repo import Repo, parse_tree
@@ -41,7 +41,8 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 Common = Callable[[argparse.ArgumentParser], None]
 RedisPublish = Callable[
-    [BackendSettings, list[Json], Json | None], Coroutine[Any, Any, tuple[int, int]]
+    [BackendSettings, list[Json], Json | None, dict[str, Json] | None],
+    Coroutine[Any, Any, tuple[int, int]],
 ]
 
 
@@ -102,6 +103,10 @@ def add_commands(sub: Any, common: Common) -> None:
     )
     new.add_argument("--epic", action="append", default=[], help="restrict to this epic")
 
+    from storywatch import gitlog  # SPEC §11
+
+    gitlog.add_command(sub)
+
 
 def dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -110,6 +115,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "publish": cmd_publish,
         "tail": cmd_tail,
         "token": cmd_token,
+        "history": _cmd_history,
     }
     handler = handlers.get(args.command)
     if handler is None:
@@ -122,6 +128,12 @@ def dispatch(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from storywatch.gitlog import cmd_history
+
+    return cmd_history(args)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -395,6 +407,7 @@ class PublishPlan:
     upserts: int
     deletes: int
     skipped: list[str]  # ids left alone: invalid at the `to` revision
+    drafts: tuple[Draft, ...] = ()  # the diff's, for each story's path (SPEC §11)
 
 
 def publish_plan(diff: GitDiff) -> PublishPlan:
@@ -420,7 +433,7 @@ def publish_plan(diff: GitDiff) -> PublishPlan:
         head = [{"op": "delete", "id": story_id}] if story_id in moved else []
         units.append([*head, upsert])
         upserts += 1
-    return PublishPlan(units, upserts, deletes, skipped)
+    return PublishPlan(units, upserts, deletes, skipped, tuple(diff.drafts))
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -449,11 +462,25 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if not plan.units:
         print(f"nothing to publish in {span}")
         return EXIT_OK
+    commits = _commits(settings, diff)  # SPEC §11: source.git.commit per path, at --to
     if redis_publish is not None:
-        return _publish_redis(redis_publish, args.redis_url, settings, diff.source, plan, span)
+        return _publish_redis(
+            redis_publish, args.redis_url, settings, diff.source, plan, span, commits
+        )
     if token is None:  # unreachable: checked above (keeps the type checker informed)
         return EXIT_USAGE
-    return _publish_ws(url, token, settings, diff.source, plan, span, timeout=args.timeout)
+    return _publish_ws(
+        url, token, settings, diff.source, plan, span, timeout=args.timeout, commits=commits
+    )
+
+
+def _commits(settings: Settings, diff: GitDiff) -> dict[str, Json]:
+    from storywatch.attribution import commits_at
+
+    rev = diff.source.get("to")
+    if not isinstance(rev, str) or is_zero_sha(rev):
+        return {}
+    return commits_at(settings.repo, rev, {d.path for d in diff.drafts})
 
 
 def _publish_ws(
@@ -465,12 +492,24 @@ def _publish_ws(
     span: str,
     *,
     timeout: float,
+    commits: dict[str, Json] | None = None,
 ) -> int:
     from storywatch import client
+    from storywatch.attribution import fit_source, split_by_commit
 
-    messages = client.batches(plan.units, source, settings.limits.max_message_bytes)
+    # One message carries one source: stories of different commits travel apart.
+    messages: list[list[Json]] = []
+    sources: list[Json] = []
+    paths = {d.story_id: d.path for d in plan.drafts}
+    for commit, units in split_by_commit(plan.units, paths, commits or {}):
+        message_source = fit_source(with_commit(source, commit))
+        for batch in client.batches(units, message_source, settings.limits.max_message_bytes):
+            messages.append(batch)
+            sources.append(message_source)
     try:
-        result = asyncio.run(client.publish(url, token, messages, source, timeout=timeout))
+        result = asyncio.run(
+            client.publish(url, token, messages, source, timeout=timeout, sources=sources)
+        )
     except client.ClientError as exc:
         _err(str(exc))
         return EXIT_FAIL
@@ -492,11 +531,15 @@ def _redis_publisher() -> RedisPublish | None:
 
 
 async def publish_to_redis(
-    settings: BackendSettings, items: list[Json], source: Json | None
+    settings: BackendSettings,
+    items: list[Json],
+    source: Json | None,
+    attribution: dict[str, Json] | None = None,
 ) -> tuple[int, int]:
     """``publish --redis-url``: diff items against the shared index and append, with no
-    server in between (every server following the stream delivers the events). Returns
-    (events emitted, last seq)."""
+    server in between (every server following the stream delivers the events); each
+    path's commit (``attribution``) rides on its event. Returns (events emitted, last
+    seq)."""
     from storywatch.index import Index
     from storywatch.ingest import Ingest
     from storywatch.log.redis import RedisLog
@@ -520,7 +563,7 @@ async def publish_to_redis(
         count, seq = 0, state.seq
         for request in requests:
             try:
-                done = await ingest.publish(request, None)
+                done = await ingest.publish(request, None, attribution)
             except PublishRejected as exc:
                 raise BackendError(f"redis refused the publish: {exc.message}") from exc
             if ingest.backlog:
@@ -540,12 +583,13 @@ def _publish_redis(
     source: Json,
     plan: PublishPlan,
     span: str,
+    commits: dict[str, Json] | None = None,
 ) -> int:
     """Publish straight into the shared Redis stream (no server in between)."""
     backend = dataclasses.replace(settings.backend, redis_url=redis_url)
     items = [item for unit in plan.units for item in unit]
     try:
-        count, seq = asyncio.run(publish_items(backend, items, source))
+        count, seq = asyncio.run(publish_items(backend, items, source, commits))
     except BackendError as exc:
         _err(f"redis: {exc}")
         return EXIT_FAIL

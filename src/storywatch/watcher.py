@@ -12,11 +12,12 @@ import asyncio
 import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from watchfiles import Change, awatch
 
+from storywatch import attribution
 from storywatch.config import WatchSettings
 from storywatch.events import Event, Json
 from storywatch.holds import Holds
@@ -42,7 +43,12 @@ class Sink(Protocol):
     def paths(self) -> Iterator[str]: ...
 
     async def apply(
-        self, changes: Changes, source: Json, *, expected_later: int = 0
+        self,
+        changes: Changes,
+        source: Json,
+        *,
+        expected_later: int = 0,
+        attribution: Mapping[str, Json] | None = None,
     ) -> list[Event]: ...
 
 
@@ -171,8 +177,11 @@ class Watcher:
         """Re-read these paths and hand the results over, with the editor-save holds."""
         results = await self._read(rels)
         source = self._source()
+        commits = await self._attribute(source, results)
         now = asyncio.get_running_loop().time()
-        results = self.holds.sort(results, source, now, self.sink.owns, self.sink.is_broken)
+        results = self.holds.sort(
+            results, source, now, self.sink.owns, self.sink.is_broken, commits
+        )
         logger.debug(
             "batch %s: %d paths, %d held, %d to recheck",
             source["batch"],
@@ -182,13 +191,23 @@ class Watcher:
         )
         # Held paths are emitted later with this batch's source: they count in its size
         # (one that comes back elsewhere in time is a move, counted by that later batch).
-        await self.sink.apply(results, source, expected_later=self.holds.held_from(source))
+        await self.sink.apply(
+            results, source, expected_later=self.holds.held_from(source), attribution=commits
+        )
         self._schedule()
 
     async def _read(self, rels: set[str]) -> dict[str, ParseResult | None]:
         # Always off the loop: one hostile file (a megabyte of tiny YAML values) takes
         # seconds to build before the size guards can see it.
         return await asyncio.to_thread(self.repo.read_many, sorted(rels))
+
+    async def _attribute(self, source: Json, paths: Mapping[str, object]) -> Mapping[str, Json]:
+        """SPEC §11: when HEAD moved, the commit of every path that matches the new HEAD."""
+        git = source.get("git")
+        head = git.get("head") if isinstance(git, dict) else None
+        if not head or not paths:
+            return {}
+        return await attribution.attribute(self.repo.root, str(head), list(paths))
 
     def _source(self) -> Json:
         source: Json = {"kind": "fs", "batch": f"b-{next(self._batches)}"}
@@ -213,8 +232,8 @@ class Watcher:
         task.add_done_callback(_log_failure)
 
     async def _expire(self) -> None:
-        for source, rels in self.holds.due(asyncio.get_running_loop().time()):
-            await self.sink.apply(self.repo.read_many(rels), source)
+        for source, rels, commits in self.holds.due(asyncio.get_running_loop().time()):
+            await self.sink.apply(self.repo.read_many(rels), source, attribution=commits)
         self._schedule()
 
 

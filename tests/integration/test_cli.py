@@ -134,7 +134,9 @@ async def test_publish_reaches_a_subscriber_once(
     assert first.returncode == 0, first.stderr
     created = await client.events(5)
     assert {e["type"] for e in created} == {"story.created"}
-    assert created[0]["source"] == {
+    source = dict(created[0]["source"])
+    assert source.pop("git")["commit"]["sha"] == base  # SPEC §11: the commit of each path
+    assert source == {
         "kind": "git",
         "from": ZERO,
         "to": base,

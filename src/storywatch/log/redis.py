@@ -31,7 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 from storywatch.config import BackendSettings
 from storywatch.errors import BackendError, NotLeaderError, RefusedError
 from storywatch.eventlog import IndexRecords, LogState, OnEvents, OnReset, new_epoch
-from storywatch.events import Draft, Event, Json, number, utc_now_iso
+from storywatch.events import Draft, Event, Json, number, utc_now_iso, with_commit
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class RedisLog:
             json.dumps(source, separators=(",", ":")),
             "1" if reseed else "0",
         ]
-        args += [json.dumps(d.to_json(), ensure_ascii=False, separators=(",", ":")) for d in drafts]
+        args += [json.dumps(_stored(d), ensure_ascii=False, separators=(",", ":")) for d in drafts]
         for path, record in (index or {}).items():
             args += [path, "" if record is None else json.dumps(record, ensure_ascii=False)]
         keys = [self.keys["meta"], self.keys["events"], self.keys["index"], self.keys["lock"]]
@@ -314,15 +314,25 @@ def _stream_events(answer: Any) -> list[Event]:
     return events
 
 
+def _stored(draft: Draft) -> Json:
+    """The draft as kept in the stream; its commit (SPEC §11) rides along as ``_commit``."""
+    data = draft.to_json()
+    if draft.commit is not None:
+        data["_commit"] = draft.commit
+    return data
+
+
 def _event(entry_id: str, fields: dict[str, str]) -> Event:
     seq = int(entry_id.split("-", 1)[0])
     draft = json.loads(fields["d"])
+    source = json.loads(fields["s"])
+    commit = draft.pop("_commit", None)
     data = {
         "type": draft.pop("type"),
         "seq": seq,
         "epoch": fields["e"],
         "time": fields["t"],
         **draft,
-        "source": json.loads(fields["s"]),
+        "source": source if commit is None else with_commit(source, commit),
     }
     return Event(seq=seq, epoch=fields["e"], data=data)
