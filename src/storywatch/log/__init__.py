@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from storywatch.catchup import Position
 from storywatch.events import Event, Json
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ class LogState:
     recent: list[Event] = field(default_factory=list)  # oldest first, ≤ buffer_size
     index: dict[str, Json] = field(default_factory=dict)  # path → record
     fresh: bool = True  # no history was found (a new epoch was made)
+    # -- catch-up (SPEC §9): every story's position (story id → position, by seq) and the
+    # horizon (the seq of the newest dropped tombstone; a cursor before it can't catch up).
+    positions: dict[str, Position] = field(default_factory=dict)
+    horizon: int = 0
 
 
 class EventLog(Protocol):
@@ -100,14 +105,17 @@ class ReplayBuffer:
 def open_log(settings: Settings) -> EventLog:
     """The backend named by the settings; each is imported only when used."""
     kind = settings.backend.kind
+    keep_days = settings.catchup_keep_days  # how long tombstones are kept (SPEC §9)
     if kind == "memory":
         from storywatch.log.memory import MemoryLog
 
-        return MemoryLog()
+        return MemoryLog(keep_days=keep_days)
     if kind == "sqlite":
         from storywatch.log.sqlite import SqliteLog
 
-        return SqliteLog(settings.state_path, buffer_size=settings.backend.buffer_size)
+        return SqliteLog(
+            settings.state_path, buffer_size=settings.backend.buffer_size, keep_days=keep_days
+        )
     from storywatch.log.redis import RedisLog
 
-    return RedisLog(settings.backend)
+    return RedisLog(settings.backend, keep_days=keep_days)
