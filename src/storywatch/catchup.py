@@ -28,10 +28,10 @@ import heapq
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from storywatch.events import Event, Json
-from storywatch.filters import Filter, Scope
+from storywatch.filters import FILTER_KEYS, Filter, Scope
 
 CHUNK: Final = 500  # entries (stories + removed) per `catchup` message
 PAGE: Final = 1000  # entries per `GET /api/events` answer
@@ -88,18 +88,15 @@ def event_epics(data: Json) -> tuple[str, ...]:
     """The epics of a story's states before and after one event (its wire form or its
     draft's ``to_json()``): every state of a story is the state after some event, and the
     state before its first one, so these add up to every epic it ever had."""
-    out: list[str] = []
     story = data.get("story")
-    if isinstance(story, dict):
-        epic = story.get("epic")
-        if epic is not None:
-            out.append(str(epic))
-    change = (data.get("changes") or {}).get("epic")
-    if isinstance(change, dict) and change.get("old") is not None:
-        old = str(change["old"])
-        if old not in out:
-            out.append(old)
-    return tuple(out)
+    epic = story.get("epic") if isinstance(story, dict) else None
+    after = () if epic is None else (str(epic),)
+    changes = data.get("changes")
+    change = changes.get("epic") if changes else None
+    if not isinstance(change, dict) or change.get("old") is None:
+        return after  # the usual case: the epic did not change
+    old = str(change["old"])
+    return after if old in after else (*after, old)
 
 
 def event_time(iso: str) -> float:
@@ -123,7 +120,7 @@ def advance(prior: Mapping[str, Position], events: Iterable[Json]) -> dict[str, 
 def _merged(old: Position | None, new: tuple[str, ...]) -> frozenset[str]:
     if old is None:
         return frozenset(new)
-    if all(epic in old.epics for epic in new):
+    if old.epics.issuperset(new):
         return old.epics  # the usual case: no new epic, no new set
     return old.epics.union(new)
 
@@ -172,7 +169,11 @@ class Positions:
 
     def apply(self, events: Iterable[Event]) -> None:
         """Take committed events, in seq order."""
-        self.put(advance(self._by_id, (event.data for event in events)))
+        self.apply_data(event.data for event in events)
+
+    def apply_data(self, events: Iterable[Json]) -> None:
+        """:meth:`apply` for events in their wire form (``Event.data``)."""
+        self.put(advance(self._by_id, events))
 
     def put(self, updates: Mapping[str, Position]) -> None:
         """New positions (from :func:`advance`), in seq order, all newer than any held."""
@@ -181,7 +182,9 @@ class Positions:
             old = by_id.pop(story_id, None)
             if old is not None and old.deleted_at is not None:
                 self._tombstone_count -= 1
-            by_id[story_id] = position = self._interned(position)
+            if old is None or position.epics is not old.epics:  # else: interned already
+                position = self._interned(position)
+            by_id[story_id] = position
             if position.deleted_at is not None:
                 self._tombstone_count += 1
                 heapq.heappush(self._tombstones, (position.deleted_at, position.seq, story_id))
@@ -257,11 +260,7 @@ class Positions:
         filter's ``events`` key is ignored, as in snapshots. Expire tombstones first."""
         if not self.catchable(since, latest):
             return None
-        entries = [
-            entry
-            for story_id, position in self.changed_after(since)
-            if (entry := _entry(story_id, position, flt, scope, stories, invalid)) is not None
-        ]
+        entries = _entries(self.changed_after(since), flt, scope, stories, invalid)
         return Catchup(since=since, seq=latest, entries=tuple(entries))
 
     def page(
@@ -279,33 +278,44 @@ class Positions:
         if not self.catchable(since, latest):
             return None
         entries: list[Entry] = []
-        for story_id, position in self.changed_after(since):
-            entry = _entry(story_id, position, flt, scope, stories, invalid)
-            if entry is None:
-                continue
+        for entry in _entries(self.changed_after(since), flt, scope, stories, invalid):
             if len(entries) == limit:
                 return Page(since=since, seq=entries[-1].seq, more=True, entries=tuple(entries))
             entries.append(entry)
         return Page(since=since, seq=latest, more=False, entries=tuple(entries))
 
 
-def _entry(
-    story_id: str,
-    position: Position,
+def _entries(
+    changed: Iterable[tuple[str, Position]],
     flt: Filter,
     scope: Scope,
     stories: Mapping[str, Json],
     invalid: Mapping[str, Json],
-) -> Entry | None:
-    story = stories.get(story_id)
-    if story is not None and scope.sees(story) and flt.matches_story(story):
-        problem = invalid.get(story_id)
-        if problem is not None and _reason(problem) == "duplicate_id":
-            problem = None  # the original is healthy: nothing is wrong with the story
-        return Entry(story_id, position.seq, story, problem)
-    if scope.epics is None or not scope.epics.isdisjoint(position.epics):
-        return Entry(story_id, position.seq, None, None)
-    return None  # never in the token's epics: it must not even learn the id
+) -> Iterator[Entry]:
+    """The entries of a catch-up, in the order of ``changed``: stories that match ``flt``
+    and ``scope`` now, and removals the scope may know of. (One loop, with the checks that
+    cannot fail skipped: this runs once per changed story.)"""
+    epics = scope.epics
+    story_filter = None if _story_keys_empty(flt) else flt.matches_story
+    for story_id, position in changed:
+        story = stories.get(story_id)
+        if (
+            story is not None
+            and (epics is None or scope.sees(story))
+            and (story_filter is None or story_filter(story))
+        ):
+            problem = invalid.get(story_id) if invalid else None
+            if problem is not None and _reason(problem) == "duplicate_id":
+                problem = None  # the original is healthy: nothing is wrong with the story
+            yield Entry(story_id, position.seq, story, problem)
+        elif epics is None or not epics.isdisjoint(position.epics):
+            yield Entry(story_id, position.seq, None, None)
+        # else: never in the token's epics: it must not even learn the id
+
+
+def _story_keys_empty(flt: Filter) -> bool:
+    """No key but ``events`` (ignored here): every story matches."""
+    return all(getattr(flt, key) is None for key in FILTER_KEYS if key != "events")
 
 
 def _reason(problem: Json) -> Any:
@@ -316,9 +326,9 @@ def _reason(problem: Json) -> Any:
 # -- the answers ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One story in a catch-up: its current state, or removed (``story`` None)."""
+class Entry(NamedTuple):
+    """One story in a catch-up: its current state, or removed (``story`` None). A named
+    tuple: one is made per changed story, and that is cheaper than a frozen dataclass."""
 
     story_id: str
     seq: int  # the story's last seq
