@@ -331,3 +331,21 @@ def test_reload_tokens(tmp_path: Path) -> None:
     path.write_text("server:\n  prot: 1\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"server\.prot"):
         reload_tokens(path)
+
+
+# -- catchup (SPEC §9) ------------------------------------------------------------------
+
+
+def test_catchup_keep_days_defaults_to_90_and_takes_fractions(tmp_path: Path) -> None:
+    assert load_settings(env={}).catchup_keep_days == 90.0
+    config = tmp_path / "c.yaml"
+    config.write_text("catchup:\n  keep_days: 0.5\n")
+    assert load_settings(config, env={}).catchup_keep_days == 0.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "'soon'", "true"])
+def test_bad_catchup_keep_days_names_the_key(value: str, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"catchup:\n  keep_days: {value}\n")
+    with pytest.raises(ConfigError, match=r"catchup\.keep_days"):
+        load_settings(config, env={})

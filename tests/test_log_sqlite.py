@@ -89,7 +89,12 @@ async def test_fresh_open_creates_schema_and_epoch(state_path: Path) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"meta", "events", "index_entries"} <= tables
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-        assert meta == {"schema_version": SCHEMA_VERSION, "epoch": state.epoch, "seq": 0}
+        assert meta == {
+            "schema_version": SCHEMA_VERSION,
+            "epoch": state.epoch,
+            "seq": 0,
+            "horizon": 0,
+        }
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

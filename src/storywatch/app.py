@@ -234,7 +234,7 @@ class App:
     async def _shared_index(self) -> tuple[Index, int]:
         if self.shared is None:
             return self.ingest.index, self.ingest.last_seq
-        state = await self.shared.load(0)
+        state = await self.shared.load(0, positions=False)
         return Index.from_records(state.index), state.seq
 
     # -- queries and control ------------------------------------------------------------

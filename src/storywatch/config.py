@@ -61,6 +61,7 @@ DEFAULTS: Final[dict[str, Any]] = {
         "max_queued_bytes": 8 * 1024 * 1024,
     },
     "board": {"statuses": []},
+    "catchup": {"keep_days": 90},  # SPEC §9: how long tombstones are kept (fractions allowed)
     "log": {"format": "text", "level": "info"},
 }
 
@@ -86,12 +87,14 @@ POSITIVE: Final = {
     "limits.max_connections_per_token",
     "limits.write_timeout_s",
     "limits.max_queued_bytes",
+    "catchup.keep_days",
 }
 FRACTIONAL: Final = {
     "server.heartbeat_s",
     "limits.rate_per_s",
     "limits.inbound_per_s",
     "limits.write_timeout_s",
+    "catchup.keep_days",
 }
 TOKEN_KEYS: Final = ("name", "sha256", "scopes", "epics")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -139,6 +142,7 @@ class Settings:
     log_format: str
     log_level: str
     config_file: Path | None = None
+    catchup_keep_days: float = 90.0  # SPEC §9
 
     @property
     def state_path(self) -> Path:
@@ -330,6 +334,7 @@ def _build(raw: dict[str, Any], config_path: Path | None) -> Settings:
         log_format=raw["log"]["format"],
         log_level=raw["log"]["level"],
         config_file=config_path,
+        catchup_keep_days=float(raw["catchup"]["keep_days"]),
     )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
+from storywatch.catchup import Position
 from storywatch.errors import RefusedError
 from storywatch.events import Draft, Event, Json
 
@@ -49,6 +50,10 @@ class LogState:
     recent: list[Event] = field(default_factory=list)  # oldest first, ≤ buffer_size
     index: dict[str, Json] = field(default_factory=dict)  # path → record
     fresh: bool = True  # no history was found (a new epoch was made)
+    # -- catch-up (SPEC §9): every story's position (story id → position, by seq) and the
+    # horizon (the seq of the newest dropped tombstone; a cursor before it can't catch up).
+    positions: dict[str, Position] = field(default_factory=dict)
+    horizon: int = 0
 
 
 class EventLog(Protocol):
@@ -90,8 +95,9 @@ class SharedLog(EventLog, Protocol):
     """A log several processes share (Redis): its index can change under this process,
     and one process at a time may watch the files (the watcher lock)."""
 
-    async def load(self, count: int) -> LogState:
-        """Meta, the last ``count`` events and the whole index, read at once."""
+    async def load(self, count: int, *, positions: bool = True) -> LogState:
+        """Meta, the last ``count`` events and the whole index, read at once (and the
+        catch-up positions, unless ``positions`` is False)."""
         ...
 
     async def acquire_lock(self) -> bool: ...

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from storywatch.catchup import DEFAULT_KEEP_DAYS, Positions
 from storywatch.eventlog import (
     IndexRecords,
     LocalFollowers,
@@ -20,18 +22,34 @@ from storywatch.events import Draft, Event, Json, number, utc_now_iso
 class MemoryLog:
     kind = "memory"
 
-    def __init__(self, epoch: str | None = None, *, buffer_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        epoch: str | None = None,
+        *,
+        buffer_size: int = 10_000,
+        keep_days: float = DEFAULT_KEEP_DAYS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.epoch = epoch or new_epoch()
         self.seq = 0
         self._recent: deque[Event] = deque(maxlen=buffer_size)  # for late followers
         self._followers = LocalFollowers()
+        # -- catch-up (SPEC §9): positions live in this process only.
+        self.positions = Positions()
+        self.keep_days = keep_days
+        self.clock = clock
 
     @property
     def healthy(self) -> bool:
         return True
 
     async def open(self) -> LogState:
-        return LogState(epoch=self.epoch, seq=self.seq)
+        return LogState(
+            epoch=self.epoch,
+            seq=self.seq,
+            positions=self.positions.snapshot(),
+            horizon=self.positions.horizon,
+        )
 
     async def append(
         self,
@@ -41,14 +59,17 @@ class MemoryLog:
         *,
         reseed: bool = False,  # only shared backends replace their index wholesale
     ) -> list[Event]:
-        time = utc_now_iso()
+        stamp = utc_now_iso()
         events = [
-            number(draft, self.seq + i, self.epoch, time, source)
+            number(draft, self.seq + i, self.epoch, stamp, source)
             for i, draft in enumerate(drafts, start=1)
         ]
         check_encodable(events)
+        # -- catch-up (SPEC §9): expired tombstones go on every append.
+        self.positions.expire(self.clock(), self.keep_days)
         if events:
             self.seq = events[-1].seq
+            self.positions.apply(events)
             self._recent.extend(events)
             await self._followers.deliver(events)
         return events
@@ -58,6 +79,11 @@ class MemoryLog:
 
     async def _read_after(self, after_seq: int) -> list[Event]:
         return [event for event in self._recent if event.seq > after_seq]
+
+    async def expire_tombstones(self) -> int:
+        """Drop the tombstones that expired by now; the horizon after (SPEC §9)."""
+        self.positions.expire(self.clock(), self.keep_days)
+        return self.positions.horizon
 
     async def close(self) -> None:
         return None

@@ -2,10 +2,17 @@
 
 Keys (one hash tag, so a cluster keeps them on one slot), for ``stream: NAME``:
 
-    {NAME}:meta    hash   epoch, seq, index_gen
-    {NAME}:events  stream entry id "<seq>-0"; fields d (draft JSON), s (source), t, e (epoch)
-    {NAME}:index   hash   path → index record JSON (the last good state of every story)
-    {NAME}:lock    string the watcher lock (token, TTL); appends by a watcher are fenced by it
+    {NAME}:meta        hash   epoch, seq, index_gen, horizon
+    {NAME}:events      stream entry id "<seq>-0"; fields d (draft JSON), s (source), t, e (epoch)
+    {NAME}:index       hash   path → index record JSON (the last good state of every story)
+    {NAME}:lock        string the watcher lock (token, TTL); appends by a watcher are fenced by it
+    {NAME}:positions   hash   story id → its catch-up position (SPEC §9), ``Position.encode``
+    {NAME}:tombstones  zset   story id of each tombstone, scored by its deletion time
+
+Positions are written by the append script, in the same atomic step as the events; it also
+drops the tombstones older than ``keep_days`` (found through ``tombstones``) and raises
+``meta.horizon``. A stream written before positions existed has no ``horizon``: it counts as
+its seq at the time (nothing older can be caught up) until the next append writes it.
 
 Seq and epoch are assigned in one Lua script together with the index update, so every
 server sees the same numbering and a watcher that lost its lock cannot write. Servers
@@ -20,7 +27,8 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -28,6 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from storywatch.catchup import DAY_S, DEFAULT_KEEP_DAYS, Position, event_epics, event_time
 from storywatch.config import BackendSettings
 from storywatch.errors import BackendError, NotLeaderError, RefusedError
 from storywatch.eventlog import IndexRecords, LogState, OnEvents, OnReset, new_epoch
@@ -48,7 +57,7 @@ end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'index_gen', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'index_gen', 0, 'horizon', 0)
 end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
 local n = tonumber(ARGV[5])
@@ -64,7 +73,7 @@ if ARGV[7] == '1' then
   redis.call('HINCRBY', KEYS[1], 'index_gen', 1)
 end
 local i = 8 + n
-while i < #ARGV do
+while i < #ARGV - 1 do  -- the last argument is the positions payload
   if ARGV[i + 1] == '' then
     redis.call('HDEL', KEYS[3], ARGV[i])
   else
@@ -72,16 +81,78 @@ while i < #ARGV do
   end
   i = i + 2
 end
+-- catch-up positions (SPEC §9). The payload: {"c": tombstone cutoff, "p": per draft
+-- [story id, [epics of the event], deletion time or ""]}.
+local pos = cjson.decode(ARGV[#ARGV])
+local horizon = tonumber(redis.call('HGET', KEYS[1], 'horizon') or (first - 1))
+horizon = expire_tombstones(KEYS[5], KEYS[6], pos.c, horizon)
+for k = 1, n do
+  local p = pos.p[k]
+  local id = p[1]
+  local epics, seen = {}, {}
+  local cur = redis.call('HGET', KEYS[5], id)
+  if cur then
+    for _, e in ipairs(cjson.decode(cur).e) do
+      if not seen[e] then seen[e] = true; epics[#epics + 1] = cjson.encode(e) end
+    end
+  end
+  for _, e in ipairs(p[2]) do
+    if not seen[e] then seen[e] = true; epics[#epics + 1] = cjson.encode(e) end
+  end
+  local value = '{"s":' .. string.format('%d', first + k - 1) .. ',"e":['
+    .. table.concat(epics, ',') .. ']'
+  if p[3] ~= '' then
+    value = value .. ',"d":' .. p[3]
+    redis.call('ZADD', KEYS[6], p[3], id)
+  else
+    redis.call('ZREM', KEYS[6], id)
+  end
+  redis.call('HSET', KEYS[5], id, value .. '}')
+end
+redis.call('HSET', KEYS[1], 'horizon', string.format('%d', horizon))
 return {epoch, first, seq}
 """
 
 _ENSURE_EPOCH: Final = """
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'seq', 0, 'index_gen', 0)
+  redis.call('HSET', KEYS[1], 'seq', 0, 'index_gen', 0, 'horizon', 0)
   return 1
 end
 return 0
 """
+
+# -- catch-up (SPEC §9) --------------------------------------------------------------------
+# Drop tombstones deleted at or before ``cutoff`` (at most EXPIRE_BATCH per call, so one call
+# never blocks Redis for long; the rest go on the next); the horizon after.
+EXPIRE_BATCH: Final = 10_000
+_EXPIRE_FUNCTION: Final = f"""
+local function expire_tombstones(positions, tombstones, cutoff, horizon)
+  local ids = redis.call('ZRANGEBYSCORE', tombstones, '-inf', cutoff, 'LIMIT', 0, {EXPIRE_BATCH})
+  for _, id in ipairs(ids) do
+    local cur = redis.call('HGET', positions, id)
+    if cur then
+      local s = cjson.decode(cur).s
+      if s > horizon then horizon = s end
+      redis.call('HDEL', positions, id)
+    end
+    redis.call('ZREM', tombstones, id)
+  end
+  return horizon
+end
+"""
+_APPEND_WITH_POSITIONS: Final = _EXPIRE_FUNCTION + _APPEND
+_EXPIRE: Final = (
+    _EXPIRE_FUNCTION
+    + """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or 0)
+local horizon = tonumber(redis.call('HGET', KEYS[1], 'horizon') or seq)
+horizon = expire_tombstones(KEYS[2], KEYS[3], ARGV[1], horizon)
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'horizon', string.format('%d', horizon))
+end
+return horizon
+"""
+)
 
 _RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -113,7 +184,13 @@ def connect(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT_S) -> aio
 class RedisLog:
     kind = "redis"
 
-    def __init__(self, settings: BackendSettings) -> None:
+    def __init__(
+        self,
+        settings: BackendSettings,
+        *,
+        keep_days: float = DEFAULT_KEEP_DAYS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         name = settings.stream
         self.keys = {
@@ -121,11 +198,16 @@ class RedisLog:
             "events": f"{{{name}}}:events",
             "index": f"{{{name}}}:index",
             "lock": f"{{{name}}}:lock",
+            "positions": f"{{{name}}}:positions",  # SPEC §9
+            "tombstones": f"{{{name}}}:tombstones",
         }
+        self.keep_days = keep_days
+        self.clock = clock
         self.redis = connect(settings.redis_url)
         # Blocking reads get their own connection, with a timeout longer than the block.
         self.reader = connect(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5)
-        self._append = self.redis.register_script(_APPEND)
+        self._append = self.redis.register_script(_APPEND_WITH_POSITIONS)
+        self._expire = self.redis.register_script(_EXPIRE)
         self._ensure = self.redis.register_script(_ENSURE_EPOCH)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
@@ -159,14 +241,17 @@ class RedisLog:
         state.fresh = created
         return state
 
-    async def load(self, count: int) -> LogState:
-        """Meta, the last ``count`` events and the index, read in one transaction."""
+    async def load(self, count: int, *, positions: bool = True) -> LogState:
+        """Meta, the last ``count`` events, the index and (unless not asked for) the
+        catch-up positions, read in one transaction."""
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self.keys["meta"])
                 pipe.xrevrange(self.keys["events"], "+", "-", count=max(1, count))
                 pipe.hgetall(self.keys["index"])
-                meta, entries, index = await pipe.execute()
+                if positions:
+                    pipe.hgetall(self.keys["positions"])
+                meta, entries, index, *stored = await pipe.execute()
         except RedisError as exc:
             raise self._failed(exc) from exc
         self._ok()
@@ -175,12 +260,15 @@ class RedisLog:
         self.index_gen = meta.get("index_gen", "0")
         recent = [_event(entry_id, fields) for entry_id, fields in reversed(entries)]
         recent = [e for e in recent if e.epoch == self.epoch]
+        seq = int(meta.get("seq", 0))
         return LogState(
             epoch=self.epoch,
-            seq=int(meta.get("seq", 0)),
+            seq=seq,
             recent=recent,
             index={path: json.loads(record) for path, record in index.items()},
             fresh=False,
+            positions=_positions(stored[0] if stored else {}),
+            horizon=int(meta.get("horizon", seq)),
         )
 
     async def append(
@@ -204,7 +292,9 @@ class RedisLog:
         args += [json.dumps(_stored(d), ensure_ascii=False, separators=(",", ":")) for d in drafts]
         for path, record in (index or {}).items():
             args += [path, "" if record is None else json.dumps(record, ensure_ascii=False)]
+        args.append(self._positions_arg(drafts, time))  # SPEC §9: the last argument
         keys = [self.keys["meta"], self.keys["events"], self.keys["index"], self.keys["lock"]]
+        keys += [self.keys["positions"], self.keys["tombstones"]]
         _check_encodable(args)
         try:
             epoch, first, _last = await self._append(keys=keys, args=args)
@@ -219,6 +309,32 @@ class RedisLog:
             raise self._failed(exc) from exc
         self._ok()
         return [number(d, int(first) + i, epoch, time, source) for i, d in enumerate(drafts)]
+
+    # -- catch-up positions (SPEC §9) ----------------------------------------------------
+
+    def _cutoff(self) -> str:
+        return repr(self.clock() - self.keep_days * DAY_S)
+
+    def _positions_arg(self, drafts: Sequence[Draft], time: str) -> str:
+        deleted_at = f"{event_time(time):.3f}"
+        items = []
+        for draft in drafts:
+            epics = list(event_epics(draft.to_json()))
+            items.append(
+                [draft.story_id, epics, deleted_at if draft.type == "story.deleted" else ""]
+            )
+        return json.dumps({"c": self._cutoff(), "p": items}, ensure_ascii=False)
+
+    async def expire_tombstones(self) -> int:
+        """Drop the tombstones that expired by now; the horizon after. Safe from any node:
+        it only removes what has expired, atomically."""
+        keys = [self.keys["meta"], self.keys["positions"], self.keys["tombstones"]]
+        try:
+            horizon = await self._expire(keys=keys, args=[self._cutoff()])
+        except RedisError as exc:
+            raise self._failed(exc) from exc
+        self._ok()
+        return int(horizon)
 
     async def close(self) -> None:
         if self.lock_token:
@@ -260,7 +376,7 @@ class RedisLog:
                 continue
             if index_gen != self.index_gen:
                 logger.info("the shared index was reseeded by the watcher")
-                await on_reset(await self.load(0))
+                await on_reset(await self.load(0, positions=False))
                 # Not skipped: the events read above still go out, in order.
             events = [e for e in _stream_events(answer) if e.epoch == self.epoch]
             if events:
@@ -304,6 +420,16 @@ def _check_encodable(args: list[Any]) -> None:
                 arg.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise RefusedError(f"the batch cannot be encoded: {exc}") from exc
+
+
+def _positions(stored: dict[str, str]) -> dict[str, Position]:
+    out: dict[str, Position] = {}
+    for story_id, text in stored.items():
+        try:
+            out[story_id] = Position.decode(text)
+        except ValueError:
+            logger.warning("ignoring a malformed catch-up position for story %r", story_id)
+    return dict(sorted(out.items(), key=lambda item: item[1].seq))
 
 
 def _stream_events(answer: Any) -> list[Event]:

@@ -1,10 +1,17 @@
 """The sqlite backend (the default): history, epoch, seq and the index survive restarts.
 
-One file, ``<repo>/.storywatch/state.db`` by default, with three tables::
+One file, ``<repo>/.storywatch/state.db`` by default, with four tables::
 
-    meta           key TEXT PRIMARY KEY, value    schema_version, epoch, seq
+    meta           key TEXT PRIMARY KEY, value    schema_version, epoch, seq, horizon
     events         seq INTEGER PRIMARY KEY, data  the event JSON (``Event.data``)
     index_entries  path TEXT PRIMARY KEY, record  the index record JSON of one path
+    positions      story_id TEXT PRIMARY KEY,     per story (SPEC §9): the seq of its last
+                   seq, epics, deleted_at         event, every epic it had (JSON), and for a
+                                                  tombstone the Unix time it was deleted
+
+Schema version 2 added ``positions`` and ``meta.horizon``; a version-1 file is upgraded in
+place at open, its positions seeded from the events it still holds (the horizon is then the
+seq before the oldest of them: nothing older was known).
 
 Durability. The file is in WAL mode with ``synchronous=FULL``: every commit fsyncs the WAL
 before ``COMMIT`` returns, so an event is on disk — surviving a power cut as well as a
@@ -46,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from storywatch.catchup import DAY_S, DEFAULT_KEEP_DAYS, Position, advance
 from storywatch.errors import BackendError, RefusedError, StateError
 from storywatch.eventlog import (
     IndexRecords,
@@ -60,18 +68,27 @@ from storywatch.events import Draft, Event, Json, number, utc_now_iso
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # PRAGMA application_id: marks the file as ours ("SWT1"), so a foreign db is told apart.
 APPLICATION_ID: Final = 0x53575431
 BUSY_TIMEOUT_S: Final = 5.0
 # sqlite primary result codes that mean "the file's content is bad", not "we can't use it".
 _CORRUPT_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-_TABLES: Final = frozenset({"meta", "events", "index_entries"})
+_TABLES_V1: Final = frozenset({"meta", "events", "index_entries"})
+_TABLES: Final = _TABLES_V1 | {"positions"}
+# -- catch-up (SPEC §9): positions, and an index of the tombstones by deletion time.
+_POSITIONS_SCHEMA: Final = (
+    "CREATE TABLE positions (story_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
+    " epics TEXT NOT NULL, deleted_at REAL) WITHOUT ROWID",
+    "CREATE INDEX positions_tombstones ON positions (deleted_at) WHERE deleted_at IS NOT NULL",
+)
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL)",
     "CREATE TABLE events (seq INTEGER PRIMARY KEY, data TEXT NOT NULL)",
     "CREATE TABLE index_entries (path TEXT PRIMARY KEY, record TEXT NOT NULL)",
+    *_POSITIONS_SCHEMA,
 )
+_IN_BATCH: Final = 500  # ids per `IN (...)` look-up
 
 T = TypeVar("T")
 
@@ -83,9 +100,19 @@ class _Unusable(Exception):
 class SqliteLog:
     kind = "sqlite"
 
-    def __init__(self, path: Path, *, buffer_size: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        buffer_size: int,
+        keep_days: float = DEFAULT_KEEP_DAYS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path)
         self.buffer_size = buffer_size
+        self.keep_days = keep_days  # tombstones older than this go at the next append
+        self._clock = clock
+        self._horizon = 0
         self._executor: ThreadPoolExecutor | None = None
         # Owned by the worker thread once open.
         self._conn: sqlite3.Connection | None = None
@@ -135,6 +162,10 @@ class SqliteLog:
 
     async def _read_after(self, after_seq: int) -> list[Event]:
         return await self._run(self._read_after_sync, after_seq)
+
+    async def expire_tombstones(self) -> int:
+        """Drop the tombstones that expired by now (SPEC §9); the horizon after."""
+        return await self._run(self._expire_sync)
 
     async def close(self) -> None:
         if self._executor is None:
@@ -219,12 +250,15 @@ class SqliteLog:
                     f"storywatch knows {SCHEMA_VERSION}); refusing to overwrite it: upgrade "
                     "storywatch or move the file away"
                 )
-            if version != SCHEMA_VERSION or not tables >= _TABLES:
+            upgrade = version == 1 and tables >= _TABLES_V1
+            if not upgrade and (version != SCHEMA_VERSION or not tables >= _TABLES):
                 raise _Unusable(f"unknown schema version {version!r}")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 raise _Unusable(f"integrity check failed: {problems[0]}")
             self._configure()
+            if upgrade:
+                meta = self._upgrade_from_v1(meta)
             return self._read(meta)
         except sqlite3.Error as exc:
             code = getattr(exc, "sqlite_errorcode", None)
@@ -249,7 +283,7 @@ class SqliteLog:
                 conn.execute(statement)
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("schema_version", SCHEMA_VERSION), ("epoch", epoch), ("seq", 0)],
+                [("schema_version", SCHEMA_VERSION), ("epoch", epoch), ("seq", 0), ("horizon", 0)],
             )
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute("COMMIT")
@@ -278,9 +312,18 @@ class SqliteLog:
             if not isinstance(path, str) or record is None:
                 raise _Unusable(f"bad index record for {path!r}")
             index[path] = record
+        positions, horizon = self._read_positions(meta)
         self._trim(conn, seq)  # the window may have shrunk since the last run
-        self._epoch, self._seq = epoch, seq
-        return LogState(epoch=epoch, seq=seq, recent=recent, index=index, fresh=False)
+        self._epoch, self._seq, self._horizon = epoch, seq, horizon
+        return LogState(
+            epoch=epoch,
+            seq=seq,
+            recent=recent,
+            index=index,
+            fresh=False,
+            positions=positions,
+            horizon=horizon,
+        )
 
     def _trim(self, conn: sqlite3.Connection, seq: int) -> None:
         conn.execute("DELETE FROM events WHERE seq <= ?", (seq - self.buffer_size,))
@@ -330,6 +373,7 @@ class SqliteLog:
                 "INSERT OR REPLACE INTO index_entries (path, record) VALUES (?, ?)", upserts
             )
             conn.executemany("DELETE FROM index_entries WHERE path = ?", deletes)
+            horizon = self._write_positions(conn, events)  # SPEC §9, in the same commit
             if events:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
                 self._trim(conn, seq)
@@ -344,7 +388,7 @@ class SqliteLog:
         except Exception as exc:  # anything else is about this batch: never retried
             _rollback(conn)
             raise RefusedError(f"the state file refused a batch: {exc}") from exc
-        self._seq = seq
+        self._seq, self._horizon = seq, horizon
         self._healthy = True
         return events
 
@@ -354,6 +398,98 @@ class SqliteLog:
             "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq", (after_seq,)
         ).fetchall()
         return [_stored_event(seq, self._epoch, text) for seq, text in rows]
+
+    # -- catch-up positions (SPEC §9) ----------------------------------------------------
+
+    def _write_positions(self, conn: sqlite3.Connection, events: list[Event]) -> int:
+        """Inside an append's transaction: drop expired tombstones, then record where each
+        story of ``events`` ended. Returns the horizon after."""
+        horizon = self._drop_expired(conn)
+        if events:
+            ids = list(dict.fromkeys(event.story_id for event in events))
+            updates = advance(_positions_of(conn, ids), (event.data for event in events))
+            conn.executemany(
+                "INSERT OR REPLACE INTO positions (story_id, seq, epics, deleted_at)"
+                " VALUES (?, ?, ?, ?)",
+                [_position_row(story_id, p) for story_id, p in updates.items()],
+            )
+        return horizon
+
+    def _drop_expired(self, conn: sqlite3.Connection) -> int:
+        cutoff = self._clock() - self.keep_days * DAY_S
+        # Not DELETE … RETURNING: that needs sqlite 3.35, older than some Pythons ship.
+        expired = "FROM positions WHERE deleted_at IS NOT NULL AND deleted_at <= ?"
+        (newest,) = conn.execute(f"SELECT max(seq) {expired}", (cutoff,)).fetchone()
+        if newest is None:
+            return self._horizon
+        conn.execute(f"DELETE {expired}", (cutoff,))
+        horizon = max(self._horizon, int(newest))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'horizon'", (horizon,))
+        return horizon
+
+    def _expire_sync(self) -> int:
+        conn = self._require_conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            horizon = self._drop_expired(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise BackendError(f"cannot write the state file {self.path}: {exc}") from exc
+        self._horizon = horizon
+        return horizon
+
+    def _read_positions(self, meta: dict[str, Any]) -> tuple[dict[str, Position], int]:
+        conn = self._require_conn()
+        horizon = meta.get("horizon")
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 0:
+            raise _Unusable(f"bad meta horizon={horizon!r}")
+        positions: dict[str, Position] = {}
+        rows = conn.execute("SELECT story_id, seq, epics, deleted_at FROM positions ORDER BY seq")
+        for story_id, seq, epics, deleted_at in rows:
+            position = _position(seq, epics, deleted_at)
+            if not isinstance(story_id, str) or position is None:
+                raise _Unusable(f"bad position for {story_id!r}")
+            positions[story_id] = position
+        return positions, horizon
+
+    def _upgrade_from_v1(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Add the positions (schema 2) to a version-1 file, seeded from its events."""
+        conn = self._require_conn()
+        rows = conn.execute("SELECT seq, data FROM events ORDER BY seq").fetchall()
+        events: list[Json] = []
+        for stored_seq, text in rows:
+            data = _json_object(text)
+            if data is None or data.get("seq") != stored_seq:
+                raise _Unusable(f"bad event at seq {stored_seq!r}")
+            events.append(data)
+        seq = meta.get("seq")
+        if not isinstance(seq, int) or seq < 0:
+            raise _Unusable(f"bad meta seq={seq!r}")
+        horizon = rows[0][0] - 1 if rows else seq
+        updates = advance({}, events)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _POSITIONS_SCHEMA:
+                conn.execute(statement)
+            conn.executemany(
+                "INSERT INTO positions (story_id, seq, epics, deleted_at) VALUES (?, ?, ?, ?)",
+                [_position_row(story_id, p) for story_id, p in updates.items()],
+            )
+            conn.execute("INSERT INTO meta (key, value) VALUES ('horizon', ?)", (horizon,))
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        log.info(
+            "state file %s upgraded to schema version %d (catch-up positions)",
+            self.path,
+            SCHEMA_VERSION,
+        )
+        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -372,6 +508,47 @@ def _stored_event(seq: Any, epoch: str, text: Any) -> Event:
         raise _Unusable(f"bad event at seq {seq!r}")
     # The stored text is the wire encoding; reuse it rather than re-encode at startup.
     return Event(seq=seq, epoch=epoch, data=data, _encoded=[text.rstrip()])
+
+
+def _positions_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, Position]:
+    out: dict[str, Position] = {}
+    for start in range(0, len(ids), _IN_BATCH):
+        batch = ids[start : start + _IN_BATCH]
+        marks = ",".join("?" * len(batch))
+        query = (
+            f"SELECT story_id, seq, epics, deleted_at FROM positions WHERE story_id IN ({marks})"
+        )
+        for story_id, seq, epics, deleted_at in conn.execute(query, batch):
+            position = _position(seq, epics, deleted_at)
+            if position is not None:  # a bad row is rewritten from what the events say
+                out[story_id] = position
+    return out
+
+
+def _position(seq: Any, epics: Any, deleted_at: Any) -> Position | None:
+    listed = _json_list(epics)
+    if not isinstance(seq, int) or seq < 0 or listed is None:
+        return None
+    if deleted_at is not None and not isinstance(deleted_at, int | float):
+        return None
+    return Position(seq, frozenset(listed), None if deleted_at is None else float(deleted_at))
+
+
+def _position_row(story_id: str, position: Position) -> tuple[str, int, str, float | None]:
+    epics = json.dumps(sorted(position.epics), ensure_ascii=False, separators=(",", ":"))
+    return (story_id, position.seq, epics, position.deleted_at)
+
+
+def _json_list(text: Any) -> list[str] | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        return None
+    return value
 
 
 def _json_object(text: Any) -> Json | None:
