@@ -34,6 +34,7 @@ from storywatch.paths import PathRules
 from storywatch.repo import Repo, parse_tree, start_workers
 from storywatch.server import StoryServer, events_counter
 from storywatch.watcher import Watcher
+from storywatch.webhooks.service import Webhooks, log_source, open_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class App:
         self.watcher: Watcher | None = None
         self.server: StoryServer | None = None
         self.leading = False
+        self.webhooks: Webhooks | None = None  # SPEC §10
         self._watch_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -134,6 +136,19 @@ class App:
             persist = self.log.kind != "memory"
             self.ingest = Ingest(index, self.log, self.hub.publish, persist_index=persist)
         self.ingest.on_parse_error = lambda reason: self.metrics.parse_errors.labels(reason).inc()
+        # -- outbound webhooks (SPEC §10) ---------------------------------------------------
+        # Every node answers /api/hooks from the hooks' store. Memory and sqlite: this
+        # process delivers, from before the startup scan (its events are delivered too).
+        # Redis: only the elected watcher delivers — `webhooks.start` / `stop` are to be
+        # wired to the watcher lock in `_lead` (not done here).
+        self.webhooks = open_webhooks(self.settings, self.metrics)
+        await self.webhooks.open()
+        if self.server is not None:
+            self.server.hooks_api = self.webhooks.api(lambda: self.hub.seq, lambda: self.hub.epoch)
+        if not self.shared and self.settings.webhooks:
+            source = await log_source(self.settings, self.hub)
+            await self.webhooks.start(source, epoch=state.epoch, seq=state.seq)
+        # ------------------------------------------------------------------------------------
         if self.shared:
             self._spawn(self._follow(state.seq))
             if self.watch:
@@ -302,6 +317,8 @@ class App:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.webhooks is not None:  # SPEC §10: an attempt in flight is sent again later
+            await self.webhooks.close()
         await self._stop_watching()
         if self.ingest is not None:
             await self.ingest.close()

@@ -19,6 +19,7 @@ from typing import Any, Final
 import yaml
 
 from storywatch.errors import ConfigError
+from storywatch.webhooks.config import HookConfig, parse_webhooks
 
 DEFAULTS: Final[dict[str, Any]] = {
     "repo": ".",
@@ -59,6 +60,7 @@ DEFAULTS: Final[dict[str, Any]] = {
         "write_timeout_s": 30,
     },
     "board": {"statuses": []},
+    "webhooks": [],  # SPEC §10; validated by storywatch.webhooks.config
     "log": {"format": "text", "level": "info"},
 }
 
@@ -159,6 +161,7 @@ class Settings:
     log_format: str
     log_level: str
     config_file: Path | None = None
+    webhooks: tuple[HookConfig, ...] = ()
 
     @property
     def state_path(self) -> Path:
@@ -188,7 +191,7 @@ def load_settings(
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, dotted, value)
-    return _build(raw, path)
+    return _build(raw, path, env)
 
 
 def token_entries(raw_tokens: Any) -> tuple[TokenEntry, ...]:
@@ -291,6 +294,8 @@ def _check_type(dotted: str, value: Any, default: Any) -> Any:
     if dotted == "auth.tokens":
         token_entries(value)
         return value
+    if dotted == "webhooks":  # a list of mappings: checked whole by _build (it needs env)
+        return value
     if isinstance(default, bool):
         ok, expected_name = isinstance(value, bool), "true or false"
     elif isinstance(default, int):
@@ -315,7 +320,7 @@ def _check_type(dotted: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _build(raw: dict[str, Any], config_path: Path | None) -> Settings:
+def _build(raw: dict[str, Any], config_path: Path | None, env: Mapping[str, str]) -> Settings:
     repo = Path(raw["repo"])
     w, s, b, lim = raw["watch"], raw["server"], raw["backend"], raw["limits"]
     return Settings(
@@ -350,6 +355,7 @@ def _build(raw: dict[str, Any], config_path: Path | None) -> Settings:
         log_format=raw["log"]["format"],
         log_level=raw["log"]["level"],
         config_file=config_path,
+        webhooks=parse_webhooks(raw["webhooks"], env),
     )
 
 

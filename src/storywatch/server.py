@@ -17,7 +17,7 @@ import ssl
 import weakref
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -36,6 +36,9 @@ from storywatch.ingest import Ingest
 from storywatch.metrics import CONTENT_TYPE_LATEST, Metrics
 from storywatch.session import Close, PublishRequest, Session
 from storywatch.writer import Flusher
+
+if TYPE_CHECKING:
+    from storywatch.webhooks.api import HooksApi
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class StoryServer:
         self.auth = authenticator
         self.accepting = accepting  # False until the app is ready: /ws and /api answer 503
         self.api = Api(hub, body_of)
+        self.hooks_api: HooksApi | None = None  # set by the app: /api/hooks (SPEC §10)
         self.tls = bool(settings.server.tls_cert)
         self._board_page = board_page(settings.board_statuses)
         self._server: Server | None = None
@@ -208,6 +212,13 @@ class StoryServer:
             if not principal.can("admin"):
                 return self._refuse(403, "forbidden", "metrics need a token with scope admin")
             return _response(HttpReply(200, self.metrics.render(), CONTENT_TYPE_LATEST))
+        # -- outbound webhooks (SPEC §10): admin only, GET and POST -----------------------
+        hooks_route = route == "/api/hooks" or route.startswith("/api/hooks/")
+        if hooks_route and self.hooks_api is not None:
+            if not principal.can("admin"):
+                return self._refuse(403, "forbidden", "webhooks need a token with scope admin")
+            return _response(await self.hooks_api.handle(request.method, route))
+        # ------------------------------------------------------------------------------------
         if route.startswith("/api/"):
             if not principal.can("read"):
                 return self._refuse(403, "forbidden", "this token has no read scope")

@@ -100,6 +100,10 @@ def add_commands(sub: Any, common: Common) -> None:
     )
     new.add_argument("--epic", action="append", default=[], help="restrict to this epic")
 
+    from storywatch.webhooks.commands import add_hooks_command  # SPEC §10
+
+    add_hooks_command(sub, _client_options)
+
 
 def dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -108,6 +112,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "publish": cmd_publish,
         "tail": cmd_tail,
         "token": cmd_token,
+        "hooks": _cmd_hooks,
     }
     handler = handlers.get(args.command)
     if handler is None:
@@ -120,6 +125,12 @@ def dispatch(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+def _cmd_hooks(args: argparse.Namespace) -> int:
+    from storywatch.webhooks.commands import cmd_hooks  # SPEC §10
+
+    return cmd_hooks(args)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
