@@ -35,6 +35,7 @@ from storywatch.hub import Hub
 from storywatch.ingest import Ingest
 from storywatch.metrics import CONTENT_TYPE_LATEST, Metrics
 from storywatch.session import Close, PublishRequest, Session
+from storywatch.webhooks.api import is_hooks_route
 from storywatch.writer import Flusher
 
 if TYPE_CHECKING:
@@ -213,8 +214,7 @@ class StoryServer:
                 return self._refuse(403, "forbidden", "metrics need a token with scope admin")
             return _response(HttpReply(200, self.metrics.render(), CONTENT_TYPE_LATEST))
         # -- outbound webhooks (SPEC §10): admin only, GET and POST -----------------------
-        hooks_route = route == "/api/hooks" or route.startswith("/api/hooks/")
-        if hooks_route and self.hooks_api is not None:
+        if self.hooks_api is not None and is_hooks_route(route):
             if not principal.can("admin"):
                 return self._refuse(403, "forbidden", "webhooks need a token with scope admin")
             return _response(await self.hooks_api.handle(request.method, route))
