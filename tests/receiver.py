@@ -122,6 +122,10 @@ class Receiver:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            # Python 3.11's start_server logs a handler task that ends cancelled (at loop
+            # teardown, a handler still waiting for a request) as an error.
+            return
         finally:
             self._writers.discard(writer)
             writer.close()

@@ -119,7 +119,8 @@ def decide(
     if not is_retryable(attempt):
         return Verdict("dead", message)
     if attempts >= max_attempts:
-        return Verdict("dead", f"{message} (gave up after {attempts} attempts)")
+        tries = f"{attempts} attempt" + ("s" if attempts != 1 else "")
+        return Verdict("dead", f"{message} (gave up after {tries})")
     delay = None
     if attempt.status in RETRY_AFTER_STATUSES:
         delay = retry_after_s(attempt.retry_after, now)
