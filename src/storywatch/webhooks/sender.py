@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import http.cookiejar
 import logging
 import random
 import time
@@ -285,9 +286,14 @@ def new_client(hook: HookConfig) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(hook.timeout_s),
         follow_redirects=False,
+        cookies=_no_cookies(),  # a receiver's Set-Cookie is not sent back on later deliveries
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         headers={"user-agent": "storywatch-webhooks"},
     )
+
+
+def _no_cookies() -> http.cookiejar.CookieJar:
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 async def post(
