@@ -17,6 +17,7 @@ from storywatch.filters import Filter, Scope
 from storywatch.hub import Hub
 from storywatch.log import LogState, ReplayBuffer
 from storywatch.metrics import Metrics
+from storywatch.webhooks import service
 from storywatch.webhooks.config import HookConfig, decode_secret, origin_of
 from storywatch.webhooks.sender import send_test
 from storywatch.webhooks.service import Webhooks
@@ -38,6 +39,14 @@ class LiveStream(Stream):
     def _number(self, draft: Draft) -> Event:
         self.seq += 1
         return number(draft, self.seq, self.epoch, utc_now_iso(), {"kind": "fs"})
+
+
+class OldStream(Stream):
+    """Events stamped in 2000: older than any max_age_s here."""
+
+    def _number(self, draft: Draft) -> Event:
+        self.seq += 1
+        return number(draft, self.seq, self.epoch, "2000-01-01T00:00:00.000Z", {"kind": "fs"})
 
 
 def make_hook(url: str, name: str = "h", **kwargs: Any) -> HookConfig:
@@ -357,7 +366,7 @@ async def test_an_event_too_old_when_its_turn_comes_is_dead_with_no_attempt(
     rig = Rig([make_hook(receiver.url(), max_age_s=3600)])
     rigs.append(rig)
     await rig.start()
-    old = Stream()  # its events carry a time older than an hour
+    old = OldStream()
     old.seq = rig.stream.seq
     event = old.put("OLD-1")
     rig.hub.publish([event])
@@ -511,3 +520,27 @@ async def test_a_test_delivery_to_a_receiver_that_is_down() -> None:
     status, error = await send_test(hook)
     assert status is None and error is not None
     assert error.startswith("cannot connect") and "s3cr3t" not in error
+
+
+async def test_an_unexpected_error_restarts_the_hook_and_loses_nothing(
+    receivers: Any, rigs: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(service, "RESTART_AFTER_S", 0.01)
+
+    class Flaky(BufferSource):
+        failed = False
+
+        async def read_after(self, after_seq: int, limit: int) -> list[Event]:
+            if not Flaky.failed:
+                Flaky.failed = True
+                raise RuntimeError("a bug")
+            return await super().read_after(after_seq, limit)
+
+    receiver = await receivers()
+    rig = Rig([make_hook(receiver.url())])
+    rigs.append(rig)
+    await rig.webhooks.open()
+    await rig.webhooks.start(Flaky(rig.hub), epoch=EPOCH, seq=0)
+    rig.burst(3)
+    assert seqs(await receiver.wait_for(3)) == [1, 2, 3]
+    assert "webhook h: delivery failed; restarting it" in caplog.text

@@ -302,13 +302,13 @@ async def post(
     """One attempt: fresh timestamp and signature; the answer's status within
     ``timeout_s``, or why there was none (never naming the URL's path)."""
     headers = signing.headers(msg_id, int(clock()), body, hook.secret)
-    request = client.build_request("POST", hook.url, content=body, headers=headers)
     try:
+        request = client.build_request("POST", hook.url, content=body, headers=headers)
         async with asyncio.timeout(hook.timeout_s):
             response = await client.send(request, stream=True)
     except (TimeoutError, httpx.TimeoutException):
         return retry.Attempt(None, f"no answer within {hook.timeout_s:g} s ({hook.origin})")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         return retry.Attempt(None, describe_error(exc, hook))
     try:
         with contextlib.suppress(TimeoutError, httpx.HTTPError):

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+RESTART_AFTER_S = 5.0  # after an unexpected error in a hook's delivery task
+
 
 class Webhooks:
     def __init__(
@@ -99,7 +101,7 @@ class Webhooks:
         tail.on_move = self._observe_lags
         self._spawn(source.follow(seq, tail.advance, tail.reset), "webhooks: following the log")
         for name, runner in self.runners.items():
-            self._spawn(runner.run(), f"webhook {name}")
+            self._spawn(_supervised(runner), f"webhook {name}")
 
     async def stop(self) -> None:
         """Stop delivering (an attempt in flight is abandoned: its event is sent again)."""
@@ -160,6 +162,17 @@ async def log_source(settings: Settings, hub: Hub) -> HookSource:
     redis_source = RedisSource(settings.backend)
     await redis_source.open()
     return redis_source
+
+
+async def _supervised(runner: HookRunner) -> None:
+    """A bug in one hook's delivery must not silently end it: log, wait, and go on from
+    the runner's cursor (an event it was sending is sent again)."""
+    while True:
+        try:
+            await runner.run()
+        except Exception:
+            logger.exception("webhook %s: delivery failed; restarting it", runner.hook.name)
+            await asyncio.sleep(RESTART_AFTER_S)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
