@@ -15,9 +15,9 @@ import pytest
 
 from storywatch.catchup import DAY_S, Position, Positions
 from storywatch.config import BackendSettings
+from storywatch.eventlog import LogState
 from storywatch.events import Draft, Event, Json
 from storywatch.index import Index
-from storywatch.eventlog import LogState
 from storywatch.log.memory import MemoryLog
 from storywatch.log.sqlite import SCHEMA_VERSION, SqliteLog
 from storywatch.story import ParseError, ParseResult, Story

@@ -46,6 +46,7 @@ from storywatch.repo import Repo, parse_tree, start_workers
 from storywatch.server import StoryServer
 from storywatch.values import TokenEntry
 from storywatch.watcher import Watcher
+from storywatch.webhooks.service import Webhooks, open_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +121,12 @@ class App:
         self.ingest.on_parse_error = lambda reason: self.metrics.parse_errors.labels(reason).inc()
         self.leadership: Leadership | None = None
         if self.shared is not None and watch:
-            self.leadership = Leadership(self.shared, self._lead, self._stop_watching)
+            self.leadership = Leadership(self.shared, self._lead, self._step_down)
         self.watcher: Watcher | None = None
         self.server: StoryServer | None = None
+        # Outbound webhooks (SPEC §10): another follower of the log. Every node answers
+        # /api/hooks from the hooks' store; one process delivers (the watcher, on Redis).
+        self.webhooks: Webhooks = open_webhooks(settings, self.metrics)
         self._watch_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -140,6 +144,7 @@ class App:
                 bodies=self.ingest,
                 # SPEC §11: the history API reads git in the watched repo (serve: none).
                 commits_of=git_history(self.settings.repo) if self.watch else None,
+                hooks_api=self.webhooks.api(lambda: self.hub.seq, lambda: self.hub.epoch),
                 health=self.health,
                 authenticator=Authenticator(self.tokens),
                 accepting=lambda: self.ready,
@@ -151,6 +156,10 @@ class App:
         # The hub is a follower of the log like any other reader; it follows from the
         # state it loaded, so nothing appended from now on can slip past it.
         self._spawn("hub", self.log.follow(state.seq, self.hub.publish, self._on_reset))
+        await self.webhooks.open()
+        if self.shared is None:  # this process writes the log: it delivers (from before
+            # the startup scan, so what the scan emits is delivered too)
+            await self.webhooks.start(self.log, epoch=state.epoch, seq=state.seq)
         if self.leadership is not None:
             self._spawn("leadership", self.leadership.run())
             await self.leadership.settled.wait()
@@ -222,7 +231,15 @@ class App:
         self.ingest.reset(Index.from_records(state.index), state.seq)
         self.ingest.on_lost_lead = lost.set
         logger.info("watcher lock acquired: watching %s", self.settings.repo)
+        # The elected watcher delivers the webhooks, from their durable cursors.
+        await self.webhooks.start(self.log, epoch=state.epoch, seq=state.seq)
         await self._start_watching(fresh=not state.index)
+
+    async def _step_down(self) -> None:
+        """The watcher lock is lost: stop watching and delivering (the next leader goes on
+        from the durable cursors; an attempt in flight is sent again)."""
+        await self.webhooks.stop()
+        await self._stop_watching()
 
     async def _on_reset(self, state: LogState) -> None:
         stories = _stories_of(Index.from_records(state.index))
@@ -273,6 +290,7 @@ class App:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._stop_watching()
+        await self.webhooks.close()  # SPEC §10: an attempt in flight is sent again later
         await self.ingest.close()
         async with self.ingest.lock:  # let an in-flight append finish
             await self.log.close()

@@ -20,6 +20,7 @@ import yaml
 
 from storywatch.errors import ConfigError
 from storywatch.values import SCOPES, Limits, TokenEntry
+from storywatch.webhooks.config import HookConfig, parse_webhooks
 
 DEFAULTS: Final[dict[str, Any]] = {
     "repo": ".",
@@ -62,6 +63,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     },
     "board": {"statuses": []},
     "catchup": {"keep_days": 90},  # SPEC §9: how long tombstones are kept (fractions allowed)
+    "webhooks": [],  # SPEC §10; validated by storywatch.webhooks.config
     "log": {"format": "text", "level": "info"},
 }
 
@@ -143,6 +145,7 @@ class Settings:
     log_level: str
     config_file: Path | None = None
     catchup_keep_days: float = 90.0  # SPEC §9
+    webhooks: tuple[HookConfig, ...] = ()
 
     @property
     def state_path(self) -> Path:
@@ -172,7 +175,7 @@ def load_settings(
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, dotted, value)
-    return _build(raw, path)
+    return _build(raw, path, env)
 
 
 def token_entries(raw_tokens: Any) -> tuple[TokenEntry, ...]:
@@ -275,6 +278,8 @@ def _check_type(dotted: str, value: Any, default: Any) -> Any:
     if dotted == "auth.tokens":
         token_entries(value)
         return value
+    if dotted == "webhooks":  # a list of mappings: checked whole by _build (it needs env)
+        return value
     if isinstance(default, bool):
         ok, expected_name = isinstance(value, bool), "true or false"
     elif isinstance(default, int):
@@ -299,7 +304,7 @@ def _check_type(dotted: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _build(raw: dict[str, Any], config_path: Path | None) -> Settings:
+def _build(raw: dict[str, Any], config_path: Path | None, env: Mapping[str, str]) -> Settings:
     repo = Path(raw["repo"])
     w, s, b, lim = raw["watch"], raw["server"], raw["backend"], raw["limits"]
     return Settings(
@@ -335,6 +340,7 @@ def _build(raw: dict[str, Any], config_path: Path | None) -> Settings:
         log_level=raw["log"]["level"],
         config_file=config_path,
         catchup_keep_days=float(raw["catchup"]["keep_days"]),
+        webhooks=parse_webhooks(raw["webhooks"], env),
     )
 
 

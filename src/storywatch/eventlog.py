@@ -35,6 +35,8 @@ OnReset = Callable[["LogState"], Awaitable[None]]
 # Followers get a long batch (a checkout's thousands of events) in slices, with the loop
 # free in between for heartbeats, pings and handshakes.
 FOLLOW_SLICE: Final = 200
+# A late follower is handed at most this many missed events (the replay window's size).
+FOLLOW_BACKLOG: Final = 1_000_000
 
 
 def new_epoch() -> str:
@@ -87,6 +89,12 @@ class EventLog(Protocol):
         until cancelled; ``on_reset`` when the stream's history was lost."""
         ...
 
+    async def read_after(self, after_seq: int, limit: int) -> list[Event]:
+        """Up to ``limit`` retained events with seq > ``after_seq``, oldest first (a reader
+        catching up from a durable cursor). When the log no longer holds ``after_seq + 1``,
+        it starts at its oldest."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -121,12 +129,12 @@ class LocalFollowers:
         self,
         after_seq: int,
         on_events: OnEvents,
-        read_after: Callable[[int], Awaitable[list[Event]]],
+        read_after: Callable[[int, int], Awaitable[list[Event]]],
     ) -> None:
         follower = _Follower(after_seq, on_events)
         self._followers.append(follower)
         try:
-            follower.catch_up(await read_after(after_seq))
+            follower.catch_up(await read_after(after_seq, FOLLOW_BACKLOG))
             await asyncio.Event().wait()  # until cancelled
         finally:
             self._followers.remove(follower)

@@ -67,6 +67,19 @@ class Metrics:
         )
         self.stories = Gauge("storywatch_stories", "Stories in the index", registry=r)
         self.seq = Gauge("storywatch_seq", "Latest event seq", registry=r)
+        # Outbound webhooks (SPEC §10).
+        self.webhook_deliveries = Counter(
+            "storywatch_webhook_deliveries",
+            "Webhook outcomes by hook: delivered, failed (an attempt), dead_lettered",
+            ["hook", "outcome"],
+            registry=r,
+        )
+        self.webhook_lag = Gauge(
+            "storywatch_webhook_lag",
+            "Events in the log after the hook's cursor (latest seq - cursor)",
+            ["hook"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -41,6 +41,7 @@ from storywatch.paths import PathRules
 from storywatch.ports import Publisher, StoryBodies
 from storywatch.session import Close, Session
 from storywatch.values import Principal, TokenEntry
+from storywatch.webhooks.api import HooksApi, is_hooks_route
 from storywatch.writer import Flusher
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class StoryServer:
         publisher: Publisher | None,
         bodies: StoryBodies,
         commits_of: CommitSource | None = None,
+        hooks_api: HooksApi | None = None,
         health: Callable[[], tuple[int, Json]],
         authenticator: Authenticator,
         accepting: Callable[[], bool] = lambda: True,
@@ -104,6 +106,7 @@ class StoryServer:
         self.auth = authenticator
         self.accepting = accepting  # False until the app is ready: /ws and /api answer 503
         self.api = Api(hub, bodies, commits_of)
+        self.hooks_api = hooks_api  # /api/hooks (SPEC §10)
         self.tls = bool(settings.server.tls_cert)
         self._rules = PathRules(settings.watch.include, settings.watch.exclude)
         self._board_page = board_page(settings.board_statuses)
@@ -241,6 +244,12 @@ class StoryServer:
             if not principal.can("admin"):
                 return self._refuse(403, "forbidden", "metrics need a token with scope admin")
             return _response(HttpReply(200, self.metrics.render(), CONTENT_TYPE_LATEST))
+        # -- outbound webhooks (SPEC §10): admin only, GET and POST -----------------------
+        if self.hooks_api is not None and is_hooks_route(route):
+            if not principal.can("admin"):
+                return self._refuse(403, "forbidden", "webhooks need a token with scope admin")
+            return _response(await self.hooks_api.handle(request.method, route))
+        # ------------------------------------------------------------------------------------
         if route.startswith("/api/"):
             if not principal.can("read"):
                 return self._refuse(403, "forbidden", "this token has no read scope")

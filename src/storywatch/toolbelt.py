@@ -106,6 +106,9 @@ def add_commands(sub: Any, common: Common) -> None:
     from storywatch import gitlog  # SPEC §11
 
     gitlog.add_command(sub)
+    from storywatch.webhooks.commands import add_hooks_command  # SPEC §10
+
+    add_hooks_command(sub, _client_options)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -116,6 +119,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "tail": cmd_tail,
         "token": cmd_token,
         "history": _cmd_history,
+        "hooks": _cmd_hooks,
     }
     handler = handlers.get(args.command)
     if handler is None:
@@ -134,6 +138,12 @@ def _cmd_history(args: argparse.Namespace) -> int:
     from storywatch.gitlog import cmd_history
 
     return cmd_history(args)
+
+
+def _cmd_hooks(args: argparse.Namespace) -> int:
+    from storywatch.webhooks.commands import cmd_hooks  # SPEC §10
+
+    return cmd_hooks(args)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:

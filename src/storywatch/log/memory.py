@@ -75,10 +75,10 @@ class MemoryLog:
         return events
 
     async def follow(self, after_seq: int, on_events: OnEvents, on_reset: OnReset) -> None:
-        await self._followers.follow(after_seq, on_events, self._read_after)
+        await self._followers.follow(after_seq, on_events, self.read_after)
 
-    async def _read_after(self, after_seq: int) -> list[Event]:
-        return [event for event in self._recent if event.seq > after_seq]
+    async def read_after(self, after_seq: int, limit: int) -> list[Event]:
+        return [event for event in self._recent if event.seq > after_seq][:limit]
 
     async def expire_tombstones(self) -> int:
         """Drop the tombstones that expired by now; the horizon after (SPEC §9)."""

@@ -351,6 +351,8 @@ class RedisLog:
         shared index (the same epoch: the new index, no events — the stream goes on)."""
         last_id = f"{after_seq}-0"
         delay = 0.05
+        # Each follower knows its own position: several follow one log (hub, webhooks).
+        known_epoch, known_gen = self.epoch, self.index_gen
         while True:
             try:
                 answer = await self.reader.xread(
@@ -368,20 +370,33 @@ class RedisLog:
             if epoch is None:  # Redis came back empty: start a new epoch
                 await self._ensure(keys=[self.keys["meta"]], args=[new_epoch()])
                 epoch, index_gen = await self.redis.hmget(self.keys["meta"], ["epoch", "index_gen"])
-            if epoch != self.epoch:
+            if epoch != known_epoch:
                 logger.warning("stream epoch changed to %s: history was lost", epoch)
                 state = await self.load(self.settings.buffer_size)
+                known_epoch, known_gen = state.epoch, self.index_gen
                 await on_reset(state)
                 last_id = f"{state.seq}-0"
                 continue
-            if index_gen != self.index_gen:
+            if index_gen != known_gen:
                 logger.info("the shared index was reseeded by the watcher")
-                await on_reset(await self.load(0, positions=False))
+                state = await self.load(0, positions=False)
+                known_gen = self.index_gen
+                await on_reset(state)
                 # Not skipped: the events read above still go out, in order.
-            events = [e for e in _stream_events(answer) if e.epoch == self.epoch]
+            events = [e for e in _stream_events(answer) if e.epoch == known_epoch]
             if events:
                 last_id = f"{events[-1].seq}-0"
                 on_events(events)
+
+    async def read_after(self, after_seq: int, limit: int) -> list[Event]:
+        try:
+            entries: Any = await self.redis.xrange(
+                self.keys["events"], min=f"{after_seq + 1}-0", max="+", count=limit
+            )
+        except RedisError as exc:
+            raise self._failed(exc) from exc
+        events = [_event(entry_id, fields) for entry_id, fields in entries]
+        return [event for event in events if event.epoch == self.epoch]
 
     # -- the watcher lock ---------------------------------------------------------------
 

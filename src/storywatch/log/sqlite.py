@@ -158,10 +158,12 @@ class SqliteLog:
         return events
 
     async def follow(self, after_seq: int, on_events: OnEvents, on_reset: OnReset) -> None:
-        await self._followers.follow(after_seq, on_events, self._read_after)
+        await self._followers.follow(after_seq, on_events, self.read_after)
 
-    async def _read_after(self, after_seq: int) -> list[Event]:
-        return await self._run(self._read_after_sync, after_seq)
+    async def read_after(self, after_seq: int, limit: int) -> list[Event]:
+        if after_seq >= self._seq:
+            return []
+        return await self._run(self._read_after_sync, after_seq, limit)
 
     async def expire_tombstones(self) -> int:
         """Drop the tombstones that expired by now (SPEC §9); the horizon after."""
@@ -392,10 +394,10 @@ class SqliteLog:
         self._healthy = True
         return events
 
-    def _read_after_sync(self, after_seq: int) -> list[Event]:
+    def _read_after_sync(self, after_seq: int, limit: int) -> list[Event]:
         conn = self._require_conn()
         rows = conn.execute(
-            "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq", (after_seq,)
+            "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
         ).fetchall()
         return [_stored_event(seq, self._epoch, text) for seq, text in rows]
 
