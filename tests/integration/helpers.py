@@ -23,8 +23,8 @@ def http_get(
     daemon: Daemon,
     path: str,
     token: str | None = "tok-reader",
-    headers: dict[str, str] | None = None,
     timeout: float = 10,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """(status, parsed JSON body or text) of a GET on the daemon; blocking."""
     request = urllib.request.Request(daemon.http + path, headers=dict(headers or {}))

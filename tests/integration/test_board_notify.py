@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration import test_board as board
 from tests.integration.daemon import Daemon
+from tests.integration.helpers import edit
 
 pytestmark = pytest.mark.browser
 
@@ -112,7 +113,7 @@ def test_notify_me_shows_matching_live_changes_only(
     expect(panel).to_be_hidden()
 
     # A ui story moved into review: a desktop notification, and a highlighted entry.
-    board.set_status(repo / UI5, "ready", "review")
+    edit(repo / UI5, "status: ready\n", "status: review\n")
     expect(entry(page, "UI-005")).to_have_attribute("data-notified", "desktop", timeout=SOON)
     expect(entry(page, "UI-005")).to_contain_text("ready → review")
     shown = notifications(page)
@@ -121,9 +122,9 @@ def test_notify_me_shows_matching_live_changes_only(
 
     # Not matching: another epic moved into review; a ui story moved elsewhere. Events
     # are applied in order, so once the last entry is there, nothing else is coming.
-    board.set_status(repo / INF5, "in-progress", "review")
+    edit(repo / INF5, "status: in-progress\n", "status: review\n")
     expect(entry(page, "INF-005")).to_contain_text("in-progress → review", timeout=SOON)
-    board.set_status(repo / UI3, "in-progress", "done")
+    edit(repo / UI3, "status: in-progress\n", "status: done\n")
     expect(entry(page, "UI-003")).to_contain_text("in-progress → done", timeout=SOON)
     expect(page.locator("#activity [data-notified]")).to_have_count(1)
     assert len(notifications(page)) == 1
@@ -143,14 +144,14 @@ def test_notify_me_shows_matching_live_changes_only(
     port = daemon.port
     assert daemon.stop() == 0
     page.wait_for_selector('[data-connection="reconnecting"]')
-    board.set_status(repo / UI6, "in-progress", "review")
+    edit(repo / UI6, "status: in-progress\n", "status: review\n")
     daemon_factory(repo, backend="sqlite", extra_args=["--port", str(port)]).start()
     expect(page.locator('[data-connection="live"]')).to_have_count(1, timeout=board._ms(30))
     expect(entry(page, "UI-006")).to_contain_text("in-progress → review")
     expect(entry(page, "UI-006")).to_contain_text("missed")
 
     # Live again: a matching change notifies.
-    board.set_status(repo / UI4, "draft", "review")
+    edit(repo / UI4, "status: draft\n", "status: review\n")
     expect(entry(page, "UI-004")).to_have_attribute("data-notified", "desktop", timeout=SOON)
     expect(page.locator("#activity [data-notified]")).to_have_count(1)
     assert [n["title"].split(" ")[0] for n in notifications(page)] == ["UI-004"]
@@ -177,11 +178,11 @@ def test_columns_follow_the_built_in_workflow(
         return statuses
 
     assert order() == ["draft", "ready", "in-progress", "review", "done", "blocked"]
-    board.set_status(repo / UI3, "in-progress", "Parked")  # unknown: after blocked
+    edit(repo / UI3, "status: in-progress\n", "status: Parked\n")  # unknown: after blocked
     expect(board.card(page, "UI-003", "Parked")).to_have_count(1, timeout=SOON)
-    board.set_status(repo / UI5, "ready", "QA")  # review stage, after review itself
+    edit(repo / UI5, "status: ready\n", "status: QA\n")  # review stage, after review itself
     expect(board.card(page, "UI-005", "QA")).to_have_count(1, timeout=SOON)
-    board.set_status(repo / UI6, "in-progress", "Icebox")  # with draft, after it
+    edit(repo / UI6, "status: in-progress\n", "status: Icebox\n")  # with draft, after it
     expect(board.card(page, "UI-006", "Icebox")).to_have_count(1, timeout=SOON)
     assert order() == [
         "draft",
@@ -218,6 +219,6 @@ def test_permission_is_asked_on_a_click_only(
     assert page.evaluate("window.__permissionRequests") == 1
 
     page.locator('[data-notify-option="events"][value="story.transitioned"]').check()
-    board.set_status(repo / UI5, "ready", "review")
+    edit(repo / UI5, "status: ready\n", "status: review\n")
     expect(entry(page, "UI-005")).to_have_attribute("data-notified", "board", timeout=SOON)
     assert notifications(page) == []

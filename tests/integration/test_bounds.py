@@ -201,6 +201,7 @@ def test_snapshot_flood_from_a_client_that_never_reads_is_bounded(
     finally:
         sock.close()
     # Unbounded, 60 snapshots of ~2 MB would be ~120 MB queued for this one client.
+    print(f"\nsnapshot flood: daemon RSS {before // 1024} MB before, peak {peak // 1024} MB")
     assert peak - before < 40 * 1024, f"RSS grew by {(peak - before) // 1024} MB"
     status, body = http_get(daemon, "/api/stories?epics=ui")
     assert status == 200 and body["stories"]
