@@ -145,6 +145,8 @@ class Session:
         "_abuse",
         "_inbound",
         "_keys",
+        "_max_pending",
+        "_max_queued",
         "_mergeable",
         "_outbound",
         "_pending_events",
@@ -191,6 +193,8 @@ class Session:
         self._urgent: list[str] = []  # a list, not a deque: ~700 bytes less per connection
         self._keys = itertools.count()
         self.queued_bytes = 0  # everything in the outbox and the urgent list
+        self._max_pending = limits.max_pending
+        self._max_queued = limits.max_queued_bytes
         self.overloaded = False  # over its byte budget with control frames: close (1013)
         self._inbound = TokenBucket(limits.inbound_per_s, limits.inbound_burst, now)
         # Rejected messages drain a slower second bucket: emptying it (rejections well above
@@ -389,38 +393,53 @@ class Session:
             self._push(pending)
             self._check_budget(pending)
             return
-        earlier_key = self._mergeable.get(story_id)
-        earlier = self.outbox.get(earlier_key) if earlier_key is not None else None
-        if isinstance(earlier, Pending) and earlier_key is not None and earlier.seq > pending.seq:
+        mergeable = self._mergeable
+        earlier_key = mergeable.get(story_id)
+        if earlier_key is not None:
+            earlier = self.outbox.get(earlier_key)
+            if isinstance(earlier, Pending):
+                merged = self._merge_pending(earlier_key, earlier, pending, now)
+                if merged is None:
+                    return
+                pending = merged
+        # The common case, inline: it runs once per event per connection.
+        key = next(self._keys)
+        self.outbox[key] = pending
+        self._pending_events += 1
+        self.queued_bytes += pending.size
+        mergeable[story_id] = key
+        self.wakeup()
+        if len(mergeable) > self._max_pending or self.queued_bytes > self._max_queued:
+            self._overflow(pending)
+
+    def _merge_pending(
+        self, earlier_key: int, earlier: Pending, pending: Pending, now: float | None
+    ) -> Pending | None:
+        """A story with an event already pending: what to queue now (the same entry, or one
+        merged with the earlier, which leaves the outbox), or None (nothing to queue)."""
+        story_id = pending.story_id
+        if earlier.seq > pending.seq:
             # A replayed event older than a pending live one of the same story: both go out
             # as one entry in seq order, so the client never ends on the older state.
             merged = merge(pending, earlier)
             self._unqueue(earlier_key, earlier)
             if merged is None:
                 del self._mergeable[story_id]
-                return
-            self._mergeable[story_id] = self._push(merged)
-            self._check_budget(merged)
-            return
+            return merged
         # Coalesce only beyond the budget: while the bucket covers everything pending,
         # every event is sent as it is.
-        if isinstance(earlier, Pending) and earlier_key is not None and self._over_budget(now):
-            self._unqueue(earlier_key, earlier)
-            self.stats["coalesced"] += 1
-            self.on_coalesced()
-            merged = merge(earlier, pending)
-            if merged is None:  # created then deleted: nothing to tell
-                del self._mergeable[story_id]
-                return
-            pending = merged
-        self._mergeable[story_id] = self._push(pending)
-        self._check_budget(pending)
+        if not self._over_budget(now):
+            return pending
+        self._unqueue(earlier_key, earlier)
+        self.stats["coalesced"] += 1
+        self.on_coalesced()
+        merged = merge(earlier, pending)
+        if merged is None:  # created then deleted: nothing to tell
+            del self._mergeable[story_id]
+        return merged
 
     def _check_budget(self, latest: Pending) -> None:
-        if (
-            len(self._mergeable) > self.limits.max_pending
-            or self.queued_bytes > self.limits.max_queued_bytes
-        ):
+        if len(self._mergeable) > self._max_pending or self.queued_bytes > self._max_queued:
             self._overflow(latest)
 
     def _push(self, pending: Pending) -> int:
@@ -487,47 +506,44 @@ class Session:
                 frames.append(text_frame(data))
             self._urgent.clear()
         outbox = self.outbox
+        mergeable = self._mergeable
         tokens = self._outbound.available(now)  # counted here, taken once at the end
-        sent = 0
+        sent = freed = 0
         while outbox and len(frames) < max_frames and size < max_bytes:
-            key = next(iter(outbox))
-            item = outbox[key]
+            key, item = next(iter(outbox.items()))
+            if isinstance(item, Pending):  # the common case, inline
+                if sent + 1 > tokens:
+                    # Wake up for a handful of tokens at once, not for every single one.
+                    batch = min(self._pending_events - sent, RATE_BATCH)
+                    out.wait = self._outbound.wait_time(now, sent + batch)
+                    break
+                sent += 1
+                del outbox[key]
+                freed += item.size
+                if mergeable.get(item.story_id) == key:
+                    del mergeable[item.story_id]
+                frames.append(item.frame_bytes())
+                size += item.size
+                if item.live:
+                    out.delivered += 1
+                    out.born = out.born or item.event.born  # type: ignore[union-attr]
+                continue
             if isinstance(item, str):
                 del outbox[key]
                 self.queued_bytes -= len(item)
                 data = item.encode()
-                size += len(data)
-                frames.append(text_frame(data))
-                continue
-            if isinstance(item, Snapshot):
+            else:  # a snapshot: its next chunk
                 data = item.next_chunk().encode()
                 if item.done:
                     del outbox[key]
                     self._snapshots -= 1
-                size += len(data)
-                frames.append(text_frame(data))
-                continue
-            if sent + 1 > tokens:
-                # Wake up for a handful of tokens at once, not for every single one.
-                batch = min(self._pending_events, RATE_BATCH)
-                out.wait = self._outbound.wait_time(now, sent + batch)
-                break
-            sent += 1
-            self._sent(key, item)
-            encoded = item.frame_bytes()
-            size += len(encoded)
-            frames.append(encoded)
-            if item.live:
-                out.delivered += 1
-                out.born = out.born or item.event.born  # type: ignore[union-attr]
+            size += len(data)
+            frames.append(text_frame(data))
         if sent:
             self._outbound.take(now, sent)
+            self._pending_events -= sent
+            self.queued_bytes -= freed
         return out
-
-    def _sent(self, key: int, item: Pending) -> None:
-        self._unqueue(key, item)
-        if self._mergeable.get(item.story_id) == key:
-            del self._mergeable[item.story_id]
 
 
 def nothing() -> None:
