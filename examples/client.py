@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Follow a storywatch server: keep every story in memory, print each change, and
-reconnect with backoff, resuming from the last event seen so nothing is lost.
+reconnect with backoff, resuming from the last event seen so nothing is lost — after a
+short absence the missed events are replayed; after a long one (past the server's replay
+buffer) the server sends a catch-up: the current state of the stories that changed and
+the ids that went away, applied here in place of a reload.
 
     pip install 'websockets>=14'
     STORYWATCH_TOKEN=… python examples/client.py [EPIC …]
@@ -62,7 +65,19 @@ async def follow() -> None:
                     need_snapshot = True  # missed events are gone: start over
                     await ws.send(unsubscribe)
                 elif kind == "subscribed" and msg["recovered"]:
-                    print(f"resumed: {msg['replayed']} missed events follow")
+                    if msg.get("compacted"):
+                        print("resumed: a catch-up of the stories that changed follows")
+                    else:
+                        print(f"resumed: {msg['replayed']} missed events follow")
+                elif kind == "catchup" and not need_snapshot:
+                    # Apply in place: the state now of what changed, and what went away.
+                    for story in msg["stories"]:
+                        stories[str(story["id"])] = story
+                    for story_id in msg["removed"]:
+                        stories.pop(story_id, None)
+                    if msg["done"]:
+                        cursor = {"epoch": msg["epoch"], "seq": msg["seq"]}
+                        print(f"caught up: {len(stories)} stories at seq {msg['seq']}")
                 elif kind == "unsubscribed":
                     await ws.send(subscribe())
                 elif kind == "resync":  # overflow ended the sub; epoch_changed kept it

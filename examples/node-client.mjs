@@ -1,5 +1,7 @@
 // Follow a storywatch server from Node.js: keep every story in memory, print each change,
-// reconnect with exponential backoff and resume from the last event seen, losing nothing.
+// reconnect with exponential backoff and resume from the last event seen, losing nothing:
+// missed events are replayed, or — after an absence longer than the server's replay buffer —
+// a catch-up (the stories that changed and the ids that went away) is applied in place.
 //
 //   cd examples && npm install
 //   STORYWATCH_TOKEN=… node node-client.mjs [EPIC …]
@@ -42,7 +44,19 @@ function connect() {
         return subscribe();
       case "subscribed":
         if (msg.recovered === false) { needSnapshot = true; return send({ type: "unsubscribe", sub: SUB }); }
-        if (msg.recovered) { attempt = 0; console.log(`resumed: ${msg.replayed} missed events follow`); }
+        if (msg.recovered) {
+          attempt = 0;
+          console.log(msg.compacted ? "resumed: a catch-up follows" : `resumed: ${msg.replayed} missed events follow`);
+        }
+        return;
+      case "catchup": // the state now of what changed while we were away, and what went away
+        if (needSnapshot) return;
+        for (const s of msg.stories) stories.set(String(s.id), s);
+        for (const id of msg.removed) stories.delete(id);
+        if (msg.done) {
+          cursor = { epoch: msg.epoch, seq: msg.seq };
+          console.log(`caught up: ${stories.size} stories at seq ${msg.seq}`);
+        }
         return;
       case "unsubscribed": return subscribe();
       case "resync": // overflow ended the subscription; epoch_changed kept it

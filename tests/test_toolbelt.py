@@ -391,3 +391,18 @@ def test_cursor() -> None:
     cursor.move("e1", 5)
     assert cursor.since() == {"epoch": "e1", "seq": 5}
     assert cursor.seen("e1", 5) and not cursor.seen("e1", 6) and not cursor.seen("e2", 1)
+
+
+def test_tail_describes_a_catch_up_story_by_story() -> None:
+    chunk = {
+        "type": "catchup",
+        "stories": [{"id": "UI-5", "title": "Dark mode", "status": "review"}],
+        "invalid": [{"story_id": "API-3", "path": "api/API-3.md", "error": {"reason": "yaml"}}],
+        "removed": ["INT-7"],
+        "done": True,
+    }
+    assert tools.describe_catchup(chunk) == [
+        "UI-5 Dark mode — now review",
+        "API-3 — invalid now (yaml)",
+        "INT-7 — removed (deleted, or no longer in this filter)",
+    ]

@@ -2,9 +2,11 @@
 
 The client side of SPEC §4: it normalises the URL, sends the token as a Bearer header,
 and — for a follower — reconnects with exponential backoff plus jitter and resumes from the
-last event it saw (``since``). When the server cannot resume (``recovered: false``: the
-history is gone) it asks for a snapshot, which it does not pass on: a follower only reports
-changes, and the snapshot only moves its cursor forward.
+last event it saw (``since``). A client away longer than the server's replay buffer gets a
+*catch-up* instead (SPEC §9: the current state of every story that changed, and the ids
+that went away), which a follower passes on as it is. When the server cannot resume at all
+(``recovered: false``: the history is gone) it asks for a snapshot, which it does not pass
+on: a follower only reports changes, and the snapshot only moves its cursor forward.
 
 This is the only client-side importer of websockets (the server side is ``server.py``).
 """
@@ -158,6 +160,7 @@ class Follower:
         *,
         on_event: Callable[[Json, str], None],
         note: Callable[[str], None],
+        on_catchup: Callable[[Json, str], None] | None = None,
         backoff: Backoff | None = None,
         open_timeout: float = 10,
     ) -> None:
@@ -165,6 +168,7 @@ class Follower:
         self.token = token
         self.filter = filter
         self.on_event = on_event  # (the parsed event, its raw JSON text)
+        self.on_catchup = on_catchup  # (a `catchup` chunk, its raw JSON text)
         self.note = note  # one-line progress messages (stderr)
         self.backoff = backoff or Backoff()
         self.open_timeout = open_timeout
@@ -218,6 +222,8 @@ class Follower:
                     await self._subscribed(connection, purposes, purpose, message)
             elif kind == "snapshot" and message.get("done"):
                 self.cursor.move(message.get("epoch"), message.get("seq"))
+            elif kind == "catchup":
+                self._catchup(message, str(raw))
             elif kind == "resync":
                 await self._resync(connection, purposes, message)
             elif kind == "error":
@@ -255,7 +261,10 @@ class Follower:
             self.cursor.move(message.get("epoch"), message.get("seq"))
             self.note(f"subscribed at seq {message.get('seq')}")
         elif purpose == "resume" and message.get("recovered") is True:
-            self.note(f"resumed: {message.get('replayed', 0)} missed events replayed")
+            if message.get("compacted"):
+                self.note("resumed: catching up on the stories that changed (compacted)")
+            else:
+                self.note(f"resumed: {message.get('replayed', 0)} missed events replayed")
         elif purpose == "resume":
             # The history we would resume from is gone (restart without it, or too old):
             # take a fresh snapshot under a new sub, then drop this one — in that order,
@@ -287,6 +296,14 @@ class Follower:
                 return  # already passed on before a reconnect
             self.cursor.move(epoch, seq)
         self.on_event(message, raw)
+
+    def _catchup(self, message: Json, raw: str) -> None:
+        """A chunk of a catch-up: passed on; the last one moves the cursor to its seq (the
+        live events that follow are newer)."""
+        if self.on_catchup is not None:
+            self.on_catchup(message, raw)
+        if message.get("done"):
+            self.cursor.move(message.get("epoch"), message.get("seq"))
 
     def _error(self, message: Json) -> None:
         if message.get("code") == "forbidden":

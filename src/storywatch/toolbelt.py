@@ -651,7 +651,14 @@ async def _tail(url: str, token: str, flt: Json, *, as_json: bool) -> int:
             flush=True,
         )
 
-    follower = Follower(url, token, flt, on_event=on_event, note=_err)
+    def on_catchup(chunk: Json, raw: str) -> None:
+        if as_json:
+            print(raw, flush=True)
+            return
+        for line in describe_catchup(chunk):
+            print(f"{'caught up':>8}  {line}", flush=True)
+
+    follower = Follower(url, token, flt, on_event=on_event, note=_err, on_catchup=on_catchup)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -671,6 +678,22 @@ async def _tail(url: str, token: str, flt: Json, *, as_json: bool) -> int:
         _err(str(exc))
         return EXIT_FAIL
     return EXIT_OK
+
+
+def describe_catchup(chunk: Json) -> list[str]:
+    """One line per story a catch-up chunk brings (SPEC §9): its state now, or gone."""
+    lines = []
+    for story in chunk.get("stories") or []:
+        if isinstance(story, dict):
+            title = f" {story.get('title')}" if story.get("title") else ""
+            lines.append(f"{story.get('id')}{title} — now {story.get('status') or 'no status'}")
+    for entry in chunk.get("invalid") or []:
+        if isinstance(entry, dict):
+            error = entry.get("error") or {}
+            lines.append(f"{entry.get('story_id')} — invalid now ({error.get('reason')})")
+    for story_id in chunk.get("removed") or []:
+        lines.append(f"{story_id} — removed (deleted, or no longer in this filter)")
+    return lines
 
 
 def _local_time(stamp: Any) -> str:
