@@ -21,9 +21,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from storywatch.coalesce import transformed
 from storywatch.events import Event, Json
-from storywatch.filters import FILTER_KEYS, Filter, FilterError
+from storywatch.filters import FILTER_KEYS, Filter
 from storywatch.history import CommitSource, story_history
 from storywatch.hub import Hub
+from storywatch.inbound import RequestError, parse_filter
 from storywatch.ports import StoryBodies
 from storywatch.values import Principal
 
@@ -51,8 +52,9 @@ def error_reply(status: int, code: str, message: str) -> HttpReply:
 
 
 def query_filter(query: Mapping[str, list[str]]) -> Filter:
+    """The filter keys of a query string, bounded like a subscription's (SPEC §13)."""
     raw = {key: values for key, values in query.items() if key in FILTER_KEYS}
-    return Filter.parse(raw)
+    return parse_filter(raw)
 
 
 class Api:
@@ -76,8 +78,8 @@ class Api:
         query = parse_qs(parts.query)
         try:
             flt = query_filter(query)
-        except FilterError as exc:
-            return error_reply(400, "invalid_filter", str(exc))
+        except RequestError as exc:
+            return error_reply(400, exc.code, exc.message)
         route = parts.path.rstrip("/")
         if route == "/api/stories":
             return self.stories(principal, flt)
