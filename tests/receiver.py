@@ -64,8 +64,10 @@ class Receiver:
         self._changed = asyncio.Condition()
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> Receiver:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> Receiver:
+        """Listen on ``port`` (0: any free one; a given one: a receiver that was down and
+        comes back where the hook points)."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         return self
 
     @property

@@ -6,7 +6,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from storywatch.catchup import DEFAULT_KEEP_DAYS, Positions
+from storywatch.catchup import DEFAULT_KEEP_DAYS, Position, Positions
 from storywatch.eventlog import (
     IndexRecords,
     LocalFollowers,
@@ -38,6 +38,9 @@ class MemoryLog:
         self.positions = Positions()
         self.keep_days = keep_days
         self.clock = clock
+        # -- webhooks (SPEC §10): each story's last event, in seq order (see
+        # latest_events_after); it goes with the story's tombstone.
+        self._last: dict[str, Event] = {}
 
     @property
     def healthy(self) -> bool:
@@ -66,10 +69,11 @@ class MemoryLog:
         ]
         check_encodable(events)
         # -- catch-up (SPEC §9): expired tombstones go on every append.
-        self.positions.expire(self.clock(), self.keep_days)
+        self._forget(self.positions.expire(self.clock(), self.keep_days))
         if events:
             self.seq = events[-1].seq
             self.positions.apply(events)
+            self._keep_last(events)
             self._recent.extend(events)
             await self._followers.deliver(events)
         return events
@@ -82,8 +86,30 @@ class MemoryLog:
 
     async def expire_tombstones(self) -> int:
         """Drop the tombstones that expired by now; the horizon after (SPEC §9)."""
-        self.positions.expire(self.clock(), self.keep_days)
+        self._forget(self.positions.expire(self.clock(), self.keep_days))
         return self.positions.horizon
+
+    # -- webhooks (SPEC §10): each story's last event ----------------------------------
+
+    async def latest_events_after(self, after_seq: int, limit: int) -> list[Event]:
+        """Walks the newest entries back to ``after_seq``: O(stories changed since)."""
+        out: list[Event] = []
+        for event in reversed(self._last.values()):
+            if event.seq <= after_seq:
+                break
+            out.append(event)
+        out.reverse()
+        return out[:limit]
+
+    def _keep_last(self, events: list[Event]) -> None:
+        last = self._last
+        for event in events:
+            last.pop(event.story_id, None)  # re-inserted at the end: the dict stays in seq order
+            last[event.story_id] = event
+
+    def _forget(self, dropped: list[tuple[str, Position]]) -> None:
+        for story_id, _position in dropped:
+            self._last.pop(story_id, None)
 
     async def close(self) -> None:
         return None
