@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -39,8 +40,10 @@ class MemoryLog:
         self.keep_days = keep_days
         self.clock = clock
         # -- webhooks (SPEC §10): each story's last event, in seq order (see
-        # latest_events_after); it goes with the story's tombstone.
-        self._last: dict[str, Event] = {}
+        # latest_events_after); it goes with the story's tombstone. Kept as its seq and
+        # wire text (the string the event already cached): ~1 kB a story once the replay
+        # window let the event go, a third of the event object (bench/last_events.py).
+        self._last: dict[str, tuple[int, str]] = {}
 
     @property
     def healthy(self) -> bool:
@@ -93,19 +96,22 @@ class MemoryLog:
 
     async def latest_events_after(self, after_seq: int, limit: int) -> list[Event]:
         """Walks the newest entries back to ``after_seq``: O(stories changed since)."""
-        out: list[Event] = []
-        for event in reversed(self._last.values()):
-            if event.seq <= after_seq:
+        kept: list[tuple[int, str]] = []
+        for seq, text in reversed(self._last.values()):
+            if seq <= after_seq:
                 break
-            out.append(event)
-        out.reverse()
-        return out[:limit]
+            kept.append((seq, text))
+        kept.reverse()
+        return [
+            Event(seq=seq, epoch=self.epoch, data=json.loads(text), _encoded=[text])
+            for seq, text in kept[:limit]
+        ]
 
     def _keep_last(self, events: list[Event]) -> None:
         last = self._last
         for event in events:
             last.pop(event.story_id, None)  # re-inserted at the end: the dict stays in seq order
-            last[event.story_id] = event
+            last[event.story_id] = (event.seq, event.encoded())
 
     def _forget(self, dropped: list[tuple[str, Position]]) -> None:
         for story_id, _position in dropped:
