@@ -22,10 +22,9 @@ from storywatch.webhooks import service
 from storywatch.webhooks.config import HookConfig, decode_secret, origin_of
 from storywatch.webhooks.sender import send_test
 from storywatch.webhooks.service import Webhooks
-from storywatch.webhooks.signing import verify
 from storywatch.webhooks.store import HookState, MemoryStore
 from tests.conftest import scaled
-from tests.receiver import SECRET_PATH, Answer, Received, Receiver, closed_port
+from tests.receiver import SECRET_PATH, Answer, Received, Receiver, closed_port, verify
 from tests.test_session import EPOCH, Stream
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -24,10 +24,9 @@ import pytest
 import yaml
 
 from storywatch.webhooks.config import decode_secret
-from storywatch.webhooks.signing import verify
 from tests.conftest import scaled
 from tests.integration.daemon import Client, Daemon
-from tests.receiver import SECRET_PATH, Answer, Received, Receiver, closed_port
+from tests.receiver import SECRET_PATH, Answer, Received, Receiver, closed_port, verify
 
 pytestmark = pytest.mark.integration
 

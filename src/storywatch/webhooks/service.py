@@ -58,10 +58,6 @@ class Webhooks:
     def api(self, latest: Callable[[], int], epoch: Callable[[], str]) -> HooksApi:
         return HooksApi(self.hooks, self.store, latest=latest, epoch=epoch)
 
-    @property
-    def delivering(self) -> bool:
-        return bool(self._tasks)
-
     async def start(self, source: HookSource, *, epoch: str, seq: int) -> None:
         """Deliver from now on; ``epoch``/``seq`` are the log's latest when called (a hook
         seen for the first time starts there). ``source`` is the event log (the app's:
