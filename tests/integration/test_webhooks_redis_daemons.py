@@ -1,7 +1,8 @@
 """Webhooks on Redis with the real daemon (SPEC §10): two ``run --backend redis`` processes
 on one real redis-server and one local receiver. Exactly one (the elected watcher) delivers;
 ``kill -9`` it and the other takes the watcher lock and continues from the durable cursor —
-at least once, nothing skipped, in order — and every node's ``GET /api/hooks`` agrees.
+at least once, nothing skipped, in order — and every node's ``GET /api/hooks`` agrees; a
+SIGTERM hands over the same way, without waiting for the lock to expire.
 """
 
 from __future__ import annotations
@@ -148,3 +149,16 @@ async def test_one_deliverer_and_kill_9_failover_from_the_durable_cursor(
     write_story(repo, "R-9", epic="ui")
     got = await receiver.wait_for(11)
     assert got[-1].seq == last + 5 and len(receiver.requests) == 11
+
+    # SIGTERM the deliverer with an attempt in flight: it lets the lock go at once, and the
+    # node that joined goes on from the durable cursor.
+    gate.clear()
+    set_fields(repo / "R-5.md", status="review")
+    await receiver.wait_for(12)
+    assert await asyncio.to_thread(other.stop) == 0
+    gate.set()
+    set_fields(repo / "R-0.md", status="review")
+    got = await receiver.wait_for(14)
+    assert leads(rejoined)
+    assert [r.seq for r in got[11:]] == [last + 6, last + 6, last + 7]
+    assert [r.json()["story_id"] for r in got[12:]] == ["R-5", "R-0"]
