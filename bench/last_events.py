@@ -37,6 +37,10 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C
+
 from storywatch.events import Draft, Json
 from storywatch.log import sqlite as sqlite_log
 from storywatch.log.memory import MemoryLog
@@ -238,7 +242,7 @@ async def redis_storage(n: int, folder: Path) -> dict[str, Any] | None:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    result: dict[str, Any] = {"bench": "last_events", "python": sys.version.split()[0]}
+    result: dict[str, Any] = {"bench": "last_events", "machine": C.machine()}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         result["sqlite"] = await sqlite_storage(args.stories, folder)
