@@ -102,7 +102,7 @@ async def test_a_receiver_down_while_50_events_pass_gets_them_compacted(
     port = closed_port()
     store = MemoryStore()
     webhooks = Webhooks(
-        [hook_for(f"http://127.0.0.1:{port}{SECRET_PATH}")], store, jitter=lambda: 0
+        [hook_for(f"http://127.0.0.1:{port}{SECRET_PATH}")], store, jitter=lambda: 0, window=WINDOW
     )
     await webhooks.open()
     receiver = Receiver()
@@ -149,7 +149,7 @@ async def test_compacted_events_pass_the_hooks_filter_and_scope(
     receiver = await Receiver().start()
     store = MemoryStore()
     hook = hook_for(receiver.url(), scope=Scope(frozenset({"ui"})))
-    webhooks = Webhooks([hook], store)
+    webhooks = Webhooks([hook], store, window=WINDOW)
     try:
         events = await log.append(history(30, stories=6), SOURCE)
         epoch = events[0].epoch
@@ -161,6 +161,33 @@ async def test_compacted_events_pass_the_hooks_filter_and_scope(
         assert [r.seq for r in receiver.requests] == [e.seq for e in want]
         assert all(r.json()["compacted"] is True for r in receiver.requests)
         assert {r.json()["story_id"] for r in receiver.requests} == {"S-1", "S-3", "S-5"}
+    finally:
+        await webhooks.close()
+        await receiver.close()
+
+
+async def test_behind_the_replay_buffer_even_while_the_log_still_holds_the_events() -> None:
+    """A Redis stream is trimmed approximately and may keep more than ``buffer_size``
+    events: a hook is behind when its next event is older than the newest ``buffer_size``,
+    whatever the log still holds (here: a log that keeps 100, a buffer of 5)."""
+    log = MemoryLog(buffer_size=100)
+    state = await log.open()
+    receiver = await Receiver().start()
+    store = MemoryStore()
+    webhooks = Webhooks([hook_for(receiver.url())], store, window=WINDOW)
+    try:
+        events = await log.append(history(30, stories=6), SOURCE)
+        await store.save("h", HookState(epoch=state.epoch, cursor=20))
+        await webhooks.open()
+        await webhooks.start(log, epoch=state.epoch, seq=events[-1].seq)
+        await until(store, lambda s: s.cursor == events[-1].seq)
+        want = latest_per_story(events, after=20)
+        assert [r.seq for r in receiver.requests] == [e.seq for e in want]
+        assert all(r.json()["compacted"] is True for r in receiver.requests)
+        # Within the buffer, nothing is compacted: 3 new events, 3 plain deliveries.
+        more = await log.append(history(3, stories=2)[:3], SOURCE)
+        got = await receiver.wait_for(len(want) + 3)
+        assert [r.json() for r in got[len(want) :]] == [e.data for e in more]
     finally:
         await webhooks.close()
         await receiver.close()

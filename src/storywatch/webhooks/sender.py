@@ -100,9 +100,14 @@ class HookRunner:
         metrics: Metrics | None = None,
         clock: Clock = time.time,
         jitter: Callable[[], float] = random.random,
+        window: int | None = None,
     ) -> None:
         self.hook = hook
         self.state = state
+        # The replay buffer's size (backend.buffer_size): a hook whose next event is older
+        # than the newest ``window`` events fell behind it, whatever the backend still
+        # holds (a Redis stream is trimmed approximately and may keep a few more).
+        self.window = window
         self.source = source
         self.store = store
         self.tail = tail
@@ -132,9 +137,10 @@ class HookRunner:
                     self._observe_lag()
                     await self.tail.wait_past(self.state.epoch, self.state.cursor)
                     continue
-                if events[0].seq > self.state.cursor + 1 and events[0].epoch == self.state.epoch:
-                    await self._compacted(client, events[0].seq)
-                    self._past_the_unknown(events[0].seq)
+                oldest = self._oldest_kept(events[0].seq)
+                if oldest > self.state.cursor + 1 and events[0].epoch == self.state.epoch:
+                    await self._compacted(client, oldest)
+                    self._past_the_unknown(oldest)
                     continue  # back to the log, from the new cursor
                 for event in events:
                     if event.epoch != self.state.epoch:
@@ -178,6 +184,13 @@ class HookRunner:
             self._observe_lag()
             if len(page) < READ_BATCH:
                 return
+
+    def _oldest_kept(self, first_read: int) -> int:
+        """The oldest seq of the replay buffer: the first event the log gave, or the first
+        of the newest ``window`` events, whichever is newer."""
+        if self.window is None or self.tail.epoch != self.state.epoch:
+            return first_read
+        return max(first_read, self.tail.seq - self.window + 1)
 
     def _past_the_unknown(self, oldest: int) -> None:
         """After a compacted delivery the cursor is at the latest seq it saw, at or past
