@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import socket
 import time
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from storywatch.webhooks.signing import signature
 from tests.conftest import scaled
 
 SECRET_PATH = "/hooks/s3cr3t-path-T0KEN"
@@ -64,8 +66,10 @@ class Receiver:
         self._changed = asyncio.Condition()
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> Receiver:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> Receiver:
+        """Listen on ``port`` (0: any free one; a given one: a receiver that was down and
+        comes back where the hook points)."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         return self
 
     @property
@@ -145,6 +149,17 @@ async def _read_request(reader: asyncio.StreamReader) -> Received | None:
             headers[name.strip().lower()] = value.strip()
     body = await reader.readexactly(int(headers.get("content-length", "0")))
     return Received(method, path, headers, body, time.monotonic())
+
+
+def verify(key: bytes, msg_id: str, timestamp: str, body: bytes, header: str) -> bool:
+    """What a receiver checks: whether any ``v1,`` signature in the space-separated
+    ``webhook-signature`` header matches (a real one also refuses old timestamps)."""
+    try:
+        stamp = int(timestamp)
+    except ValueError:
+        return False
+    expected = signature(key, msg_id, stamp, body)
+    return any(hmac.compare_digest(expected, part) for part in header.split())
 
 
 def closed_port() -> int:

@@ -47,6 +47,17 @@ def test_slack_names_moves_and_invalid_files() -> None:
     assert slack_text(invalid.data).startswith("*A-1*: invalid: ")
 
 
+def test_a_compacted_event_says_so_in_both_formats() -> None:
+    stream = Stream()
+    event = stream.put("A-1", title="One", status="draft")
+    data = {**event.data, "compacted": True}
+    slack = json.loads(request_body(make_hook(format="slack"), event, data))
+    assert slack == {"text": "*A-1* One: created", "compacted": True}
+    standard = json.loads(request_body(make_hook(), event, data))
+    assert standard == {**event.data, "compacted": True}
+    assert "compacted" not in json.loads(request_body(make_hook(format="slack"), event, event.data))
+
+
 def test_slack_escapes_the_three_control_characters() -> None:
     stream = Stream()
     stream.put("<A&1>", title="Fix <b> & <i>", status="to <do>")

@@ -95,6 +95,13 @@ class EventLog(Protocol):
         it starts at its oldest."""
         ...
 
+    async def latest_events_after(self, after_seq: int, limit: int) -> list[Event]:
+        """Per story whose last event has seq > ``after_seq``: that event as logged, oldest
+        first, at most ``limit`` (a webhook behind the replay window gets these, SPEC §10).
+        Kept with the story's catch-up position, in the same commit as the append, so it
+        does not depend on the replay window; it goes when the story's tombstone expires."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -13,18 +13,28 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 import ssl
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from http import HTTPStatus
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, NegotiationError
-from websockets.http11 import Request, Response
+from websockets.exceptions import (
+    ConnectionClosed,
+    HeaderLineTooLong,
+    InvalidMessage,
+    NegotiationError,
+    RequestLineTooLong,
+    TooManyHeaders,
+)
+from websockets.http11 import Request, Response, parse_headers, parse_line
+from websockets.protocol import CONNECTING, Protocol
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 from websockets.typing import StatusLike, Subprotocol
 
 from storywatch import SERVER_NAME
@@ -41,7 +51,7 @@ from storywatch.paths import PathRules
 from storywatch.ports import Publisher, StoryBodies
 from storywatch.session import Close, Session
 from storywatch.values import Principal, TokenEntry
-from storywatch.webhooks.api import HooksApi, is_hooks_route
+from storywatch.webhooks.api import HooksApi, is_hooks_route, method_not_allowed
 from storywatch.writer import Flusher
 
 logger = logging.getLogger(__name__)
@@ -57,12 +67,146 @@ CLOSE_OVERLOADED: Final = 1013
 
 
 class _Protocol(ServerProtocol):
-    """websockets' own refusals (400, 426, 431…) carry ``nosniff`` like ours (SPEC §13)."""
+    """websockets' own refusals (400, 426, 431…) carry ``nosniff`` like ours (SPEC §13),
+    and a request may come with a small body that is read and dropped (below)."""
 
     def reject(self, status: StatusLike, text: str) -> Response:
         response = super().reject(status, text)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+    def parse(self) -> Generator[None]:
+        """websockets' own request parsing, except for a body: its parser refuses any
+        ``Content-Length`` but 0 and any ``Transfer-Encoding`` by closing the connection
+        without an answer. ``POST /api/hooks/{name}/test`` from a client that sends a body
+        (``curl -d``, most HTTP libraries) must work, so the body's framing headers are
+        taken out before websockets parses the head, and the body (≤ ``MAX_BODY_BYTES``)
+        is read and dropped here: no route reads one. Larger: 413; a body on a GET or
+        HEAD, or framing that cannot be trusted: 400; a coding other than chunked: 501.
+        Everything else (limits, the request line, the other refusals) is websockets'."""
+        if self.state is not CONNECTING:
+            return (yield from super().parse())
+        framing = _BodyFraming()
+        try:
+            request = yield from Request.parse(framing.filter(self.reader.read_line))
+            refusal = yield from framing.drop_body(request.method, self.reader)
+        except RequestLineTooLong as exc:
+            refusal = (HTTPStatus.REQUEST_URI_TOO_LONG, str(exc), exc)
+        except (HeaderLineTooLong, TooManyHeaders) as exc:
+            refusal = (HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, str(exc), exc)
+        except Exception as exc:  # not HTTP/1.1 at all: as websockets does, no answer
+            self.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
+            self.handshake_exc.__cause__ = exc
+            if self.debug:
+                self.logger.debug("! no valid HTTP request", exc_info=True)
+            self.send_eof()
+            self.parser = self.discard()
+            next(self.parser)
+            yield
+            return
+        if refusal is not None:
+            status, text, cause = refusal
+            self.handshake_exc = cause
+            if self.debug:
+                self.logger.debug("! request refused: %s", text)
+            self.send_response(
+                self.reject(status, f"Failed to open a WebSocket connection: {text}.\n")
+            )
+            yield
+            return
+        if self.debug:  # as websockets logs it (storywatch's log filter redacts tokens)
+            self.logger.debug("< %s %s %s", request.method, request.path, request.protocol)
+            for key, value in request.headers.raw_items():
+                self.logger.debug("< %s: %s", key, value)
+        self.events.append(request)
+        yield from Protocol.parse(self)
+
+
+# A request body is read and dropped up to this size (SPEC §10: the hook test takes none).
+MAX_BODY_BYTES: Final = 65_536
+_FRAMING: Final = (b"content-length:", b"transfer-encoding:")
+_MAX_FRAMING_LINES: Final = 8
+_CHUNK_SIZE: Final = re.compile(rb"[0-9a-fA-F]{1,8}")
+
+_Refusal = tuple[HTTPStatus, str, Exception] | None
+_ReadLine = Callable[[int, type[Exception]], Generator[None, None, bytes | bytearray]]
+
+
+class _BodyFraming:
+    """The ``Content-Length`` and ``Transfer-Encoding`` lines of a request's head, kept out
+    of websockets' parser (which refuses any body) and then honoured here."""
+
+    def __init__(self) -> None:
+        self.lengths: list[bytes] = []
+        self.codings: list[bytes] = []
+
+    def filter(self, read_line: _ReadLine) -> _ReadLine:
+        """``read_line`` that hands on every line but the framing headers after the first."""
+        first = True
+
+        def reading(limit: int, too_long: type[Exception]) -> Generator[None, None, bytes]:
+            nonlocal first
+            skipped = 0
+            while True:
+                line = bytes((yield from read_line(limit, too_long)))
+                if first or not line[:18].lower().startswith(_FRAMING):
+                    first = False
+                    return line
+                skipped += 1
+                if skipped > _MAX_FRAMING_LINES:
+                    raise TooManyHeaders("too many Content-Length/Transfer-Encoding headers")
+                name, _, value = line.partition(b":")
+                target = self.lengths if name.lower() == b"content-length" else self.codings
+                target.append(value.strip())
+
+        return reading
+
+    def drop_body(self, method: str, reader: StreamReader) -> Generator[None, None, _Refusal]:
+        """Read and drop the body; a refusal (status, text, cause) instead when it must not
+        be read."""
+        if not self.lengths and not self.codings:
+            return None
+        bad = InvalidMessage("unsupported request body")
+        if self.codings:
+            if self.lengths:  # both: a smuggling attempt or a broken client (RFC 9112 §6.1)
+                return HTTPStatus.BAD_REQUEST, "both Content-Length and Transfer-Encoding", bad
+            if [c.lower() for c in self.codings] != [b"chunked"]:
+                return HTTPStatus.NOT_IMPLEMENTED, "only the chunked transfer coding", bad
+            size = -1
+        else:
+            if len(set(self.lengths)) != 1 or not self.lengths[0].isdigit():
+                return HTTPStatus.BAD_REQUEST, "bad Content-Length", bad
+            text = self.lengths[0]
+            size = int(text) if len(text) <= 12 else MAX_BODY_BYTES + 1
+            if size == 0:
+                return None
+        if method in ("GET", "HEAD"):
+            return HTTPStatus.BAD_REQUEST, f"a {method} request has no body", bad
+        if size > MAX_BODY_BYTES:
+            return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large", bad
+        if size >= 0:
+            yield from reader.read_exact(size)
+            return None
+        return (yield from _drop_chunked(reader, bad))
+
+
+def _drop_chunked(reader: StreamReader, bad: Exception) -> Generator[None, None, _Refusal]:
+    total = 0
+    while True:
+        line = yield from parse_line(reader.read_line)
+        size_text = bytes(line).split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(size_text):
+            return HTTPStatus.BAD_REQUEST, "bad chunk size", bad
+        size = int(size_text, 16)
+        total += size
+        if total > MAX_BODY_BYTES:
+            return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large", bad
+        if size == 0:
+            yield from parse_headers(reader.read_line)  # the trailer
+            return None
+        yield from reader.read_exact(size)
+        if (yield from reader.read_exact(2)) != b"\r\n":
+            return HTTPStatus.BAD_REQUEST, "chunk without CRLF", bad
 
 
 class _Connection(ServerConnection):
@@ -70,8 +214,13 @@ class _Connection(ServerConnection):
     answered from ``process_request`` is not cut short by it."""
 
     def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
-        # serve() builds a plain ServerProtocol; ours only adds a header to its refusals.
+        # serve() builds a plain ServerProtocol; ours adds a header to its refusals and
+        # takes a small request body. Its parser, started in the constructor, is started
+        # again as ours (nothing has been received yet).
         protocol.__class__ = _Protocol
+        protocol.parser.close()
+        protocol.parser = protocol.parse()
+        next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
@@ -248,11 +397,13 @@ class StoryServer:
         if self.hooks_api is not None and is_hooks_route(route):
             if not principal.can("admin"):
                 return self._refuse(403, "forbidden", "webhooks need a token with scope admin")
-            return _response(await self.hooks_api.handle(request.method, route))
+            return _response(await self.hooks_api.handle(request.method.upper(), route))
         # ------------------------------------------------------------------------------------
         if route.startswith("/api/"):
             if not principal.can("read"):
                 return self._refuse(403, "forbidden", "this token has no read scope")
+            if request.method.upper() != "GET":  # the API is GET, but the hook test (SPEC §10)
+                return _response(method_not_allowed("GET"))
             return _response(await self.api.handle(request.path, principal))
 
         # /ws

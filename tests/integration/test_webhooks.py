@@ -24,10 +24,9 @@ import pytest
 import yaml
 
 from storywatch.webhooks.config import decode_secret
-from storywatch.webhooks.signing import verify
 from tests.conftest import scaled
 from tests.integration.daemon import Client, Daemon
-from tests.receiver import SECRET_PATH, Answer, Received, Receiver, closed_port
+from tests.receiver import SECRET_PATH, Answer, Received, Receiver, closed_port, verify
 
 pytestmark = pytest.mark.integration
 
@@ -444,3 +443,67 @@ def test_config_errors_exit_2_naming_the_key(
     (line,) = done.stderr.strip().splitlines()
     assert message in line
     assert SECRET_PATH not in line and "hunter2" not in line and SECRET_B64 not in line
+
+
+# -- behind the log's window -------------------------------------------------------------
+
+
+async def publish(client: Client, ref: str, stories: list[dict[str, Any]]) -> None:
+    items = [{"op": "upsert", "story": story} for story in stories]
+    await client.send({"type": "publish", "ref": ref, "items": items})
+    answer, _ = await client.recv_until(lambda m: m.get("ref") == ref)
+    assert answer["type"] == "published", answer
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", "memory", pytest.param("redis", marks=pytest.mark.redis)]
+)
+async def test_a_hook_behind_the_window_gets_each_changed_storys_latest_event_compacted(
+    story_repo: Path,
+    daemon_factory: type[Daemon],
+    receivers: Any,
+    backend: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    port = closed_port()  # the receiver is down; it comes back on this port
+    config = {
+        "backend": {"buffer_size": 5},
+        "webhooks": [hook("behind", f"http://127.0.0.1:{port}{SECRET_PATH}", secret=SECRET)],
+    }
+    extra = []
+    if backend == "redis":  # a stream trimmed approximately: it may keep more than 5
+        extra = ["--redis-url", request.getfixturevalue("redis_server").url]
+    daemon = await start(
+        daemon_factory(story_repo, backend=backend, config=config, extra_args=extra)
+    )
+    client = await Client.connect(daemon.ws_url("tok-admin"))
+    await publish(client, "p0", [{"id": "P-0", "path": "P-0.md", "status": "s0"}])
+    await until_state(daemon, "behind", lambda s: s["failed"] >= 1)
+    for n in range(1, 50):  # 49 more events over 7 stories, while the receiver is down
+        story_id = f"P-{n % 7}"
+        await publish(
+            client, f"p{n}", [{"id": story_id, "path": f"{story_id}.md", "status": f"s{n}"}]
+        )
+    receiver = await Receiver().start(port)
+    try:
+        got = await receiver.wait_for(8, timeout=30)
+        first, rest = got[0], got[1:]
+        assert first.json()["story_id"] == "P-0" and "compacted" not in first.json()
+        bodies = [r.json() for r in rest]
+        # Per story changed since, its latest event as logged, in seq order, none skipped.
+        assert [b["story_id"] for b in bodies] == [f"P-{n % 7}" for n in range(43, 50)]
+        assert [b["to"] for b in bodies] == [f"s{n}" for n in range(43, 50)]
+        assert all(b["compacted"] is True for b in bodies)
+        assert [b["seq"] for b in bodies] == sorted(b["seq"] for b in bodies)
+        assert [r.headers["webhook-id"] for r in rest] == [
+            f"{b['epoch']}-{b['seq']}" for b in bodies
+        ]
+        for request in got:
+            assert_signed(request)
+        state = await until_state(daemon, "behind", lambda s: s["lag"] == 0)
+        assert (state["delivered"], state["dead_letters"]) == (8, 0)
+        assert len(receiver.requests) == 8
+    finally:
+        await client.close()
+        await receiver.close()
+    assert "sending each story changed since" in "".join(daemon.stderr_lines)

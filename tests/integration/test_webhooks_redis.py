@@ -1,9 +1,10 @@
 """Webhooks on Redis (SPEC §10): one deliverer, cursors and counters shared by every node.
 
-The daemon does not yet start delivery on the elected watcher (``App._lead`` is to call
-``Webhooks.start`` / ``stop``), so this runs the webhooks' own parts on a real redis-server:
+The webhooks' own parts on a real redis-server, with the handover under the test's control:
 a real ``RedisLog`` appends (the watcher), node A delivers, node B only answers
-``/api/hooks``; then A stops (it lost the lock) and B takes over from the durable cursor.
+``/api/hooks``; then A stops (it lost the lock) with an attempt in flight and B takes over
+from the durable cursor. The same with two real daemons, ``kill -9`` and SIGTERM:
+test_webhooks_redis_daemons.py.
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from storywatch.catchup import DEFAULT_KEEP_DAYS, Positions
+from storywatch.catchup import DEFAULT_KEEP_DAYS, Position, Positions
 from storywatch.eventlog import (
     IndexRecords,
     LocalFollowers,
@@ -38,6 +39,11 @@ class MemoryLog:
         self.positions = Positions()
         self.keep_days = keep_days
         self.clock = clock
+        # -- webhooks (SPEC §10): each story's last event, in seq order (see
+        # latest_events_after); it goes with the story's tombstone. Kept as its seq and
+        # wire text (the string the event already cached): ~1 kB a story once the replay
+        # window let the event go, a third of the event object (bench/last_events.py).
+        self._last: dict[str, tuple[int, str]] = {}
 
     @property
     def healthy(self) -> bool:
@@ -66,10 +72,11 @@ class MemoryLog:
         ]
         check_encodable(events)
         # -- catch-up (SPEC §9): expired tombstones go on every append.
-        self.positions.expire(self.clock(), self.keep_days)
+        self._forget(self.positions.expire(self.clock(), self.keep_days))
         if events:
             self.seq = events[-1].seq
             self.positions.apply(events)
+            self._keep_last(events)
             self._recent.extend(events)
             await self._followers.deliver(events)
         return events
@@ -82,8 +89,33 @@ class MemoryLog:
 
     async def expire_tombstones(self) -> int:
         """Drop the tombstones that expired by now; the horizon after (SPEC §9)."""
-        self.positions.expire(self.clock(), self.keep_days)
+        self._forget(self.positions.expire(self.clock(), self.keep_days))
         return self.positions.horizon
+
+    # -- webhooks (SPEC §10): each story's last event ----------------------------------
+
+    async def latest_events_after(self, after_seq: int, limit: int) -> list[Event]:
+        """Walks the newest entries back to ``after_seq``: O(stories changed since)."""
+        kept: list[tuple[int, str]] = []
+        for seq, text in reversed(self._last.values()):
+            if seq <= after_seq:
+                break
+            kept.append((seq, text))
+        kept.reverse()
+        return [
+            Event(seq=seq, epoch=self.epoch, data=json.loads(text), _encoded=[text])
+            for seq, text in kept[:limit]
+        ]
+
+    def _keep_last(self, events: list[Event]) -> None:
+        last = self._last
+        for event in events:
+            last.pop(event.story_id, None)  # re-inserted at the end: the dict stays in seq order
+            last[event.story_id] = (event.seq, event.encoded())
+
+    def _forget(self, dropped: list[tuple[str, Position]]) -> None:
+        for story_id, _position in dropped:
+            self._last.pop(story_id, None)
 
     async def close(self) -> None:
         return None

@@ -8,11 +8,16 @@ Keys (one hash tag, so a cluster keeps them on one slot), for ``stream: NAME``:
     {NAME}:lock        string the watcher lock (token, TTL); appends by a watcher are fenced by it
     {NAME}:positions   hash   story id → its catch-up position (SPEC §9), ``Position.encode``
     {NAME}:tombstones  zset   story id of each tombstone, scored by its deletion time
+    {NAME}:last_seq    zset   story id, scored by the seq of its last event   (webhooks,
+    {NAME}:last_event  hash   story id → that event as logged (``_last_event``) SPEC §10)
 
 Positions are written by the append script, in the same atomic step as the events; it also
 drops the tombstones older than ``keep_days`` (found through ``tombstones``) and raises
-``meta.horizon``. A stream written before positions existed has no ``horizon``: it counts as
-its seq at the time (nothing older can be caught up) until the next append writes it.
+``meta.horizon``. So are ``last_seq`` and ``last_event`` (a dropped tombstone takes its
+story's entries with it): a webhook behind the stream's window gets each changed story's
+latest event from them (:meth:`RedisLog.latest_events_after`). A stream written before
+positions existed has no ``horizon``: it counts as its seq at the time (nothing older can be
+caught up) until the next append writes it.
 
 Seq and epoch are assigned in one Lua script together with the index update, so every
 server sees the same numbering and a watcher that lost its lock cannot write. Servers
@@ -85,7 +90,7 @@ end
 -- [story id, [epics of the event], deletion time or ""]}.
 local pos = cjson.decode(ARGV[#ARGV])
 local horizon = tonumber(redis.call('HGET', KEYS[1], 'horizon') or (first - 1))
-horizon = expire_tombstones(KEYS[5], KEYS[6], pos.c, horizon)
+horizon = expire_tombstones(KEYS[5], KEYS[6], pos.c, horizon, KEYS[7], KEYS[8])
 for k = 1, n do
   local p = pos.p[k]
   local id = p[1]
@@ -108,6 +113,11 @@ for k = 1, n do
     redis.call('ZREM', KEYS[6], id)
   end
   redis.call('HSET', KEYS[5], id, value .. '}')
+  -- webhooks (SPEC §10): the story's last event as logged, ordered by its seq.
+  local last = string.format('%d', first + k - 1)
+  redis.call('ZADD', KEYS[7], last, id)
+  redis.call('HSET', KEYS[8], id, '{"q":' .. last .. ',"e":' .. cjson.encode(epoch)
+    .. ',"t":' .. cjson.encode(ARGV[3]) .. ',"s":' .. ARGV[6] .. ',"d":' .. ARGV[7 + k] .. '}')
 end
 redis.call('HSET', KEYS[1], 'horizon', string.format('%d', horizon))
 return {epoch, first, seq}
@@ -126,7 +136,7 @@ return 0
 # never blocks Redis for long; the rest go on the next); the horizon after.
 EXPIRE_BATCH: Final = 10_000
 _EXPIRE_FUNCTION: Final = f"""
-local function expire_tombstones(positions, tombstones, cutoff, horizon)
+local function expire_tombstones(positions, tombstones, cutoff, horizon, last_seq, last_event)
   local ids = redis.call('ZRANGEBYSCORE', tombstones, '-inf', cutoff, 'LIMIT', 0, {EXPIRE_BATCH})
   for _, id in ipairs(ids) do
     local cur = redis.call('HGET', positions, id)
@@ -136,6 +146,8 @@ local function expire_tombstones(positions, tombstones, cutoff, horizon)
       redis.call('HDEL', positions, id)
     end
     redis.call('ZREM', tombstones, id)
+    redis.call('ZREM', last_seq, id)  -- webhooks (SPEC §10)
+    redis.call('HDEL', last_event, id)
   end
   return horizon
 end
@@ -146,13 +158,20 @@ _EXPIRE: Final = (
     + """
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or 0)
 local horizon = tonumber(redis.call('HGET', KEYS[1], 'horizon') or seq)
-horizon = expire_tombstones(KEYS[2], KEYS[3], ARGV[1], horizon)
+horizon = expire_tombstones(KEYS[2], KEYS[3], ARGV[1], horizon, KEYS[4], KEYS[5])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'horizon', string.format('%d', horizon))
 end
 return horizon
 """
 )
+
+# -- webhooks (SPEC §10): up to ARGV[2] last events with seq > ARGV[1], by seq.
+_LATEST_AFTER: Final = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+if #ids == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(ids))
+"""
 
 _RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -200,6 +219,8 @@ class RedisLog:
             "lock": f"{{{name}}}:lock",
             "positions": f"{{{name}}}:positions",  # SPEC §9
             "tombstones": f"{{{name}}}:tombstones",
+            "last_seq": f"{{{name}}}:last_seq",  # SPEC §10
+            "last_event": f"{{{name}}}:last_event",
         }
         self.keep_days = keep_days
         self.clock = clock
@@ -208,6 +229,7 @@ class RedisLog:
         self.reader = connect(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5)
         self._append = self.redis.register_script(_APPEND_WITH_POSITIONS)
         self._expire = self.redis.register_script(_EXPIRE)
+        self._latest = self.redis.register_script(_LATEST_AFTER)
         self._ensure = self.redis.register_script(_ENSURE_EPOCH)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
@@ -295,6 +317,7 @@ class RedisLog:
         args.append(self._positions_arg(drafts, time))  # SPEC §9: the last argument
         keys = [self.keys["meta"], self.keys["events"], self.keys["index"], self.keys["lock"]]
         keys += [self.keys["positions"], self.keys["tombstones"]]
+        keys += [self.keys["last_seq"], self.keys["last_event"]]  # SPEC §10
         _check_encodable(args)
         try:
             epoch, first, _last = await self._append(keys=keys, args=args)
@@ -329,6 +352,7 @@ class RedisLog:
         """Drop the tombstones that expired by now; the horizon after. Safe from any node:
         it only removes what has expired, atomically."""
         keys = [self.keys["meta"], self.keys["positions"], self.keys["tombstones"]]
+        keys += [self.keys["last_seq"], self.keys["last_event"]]  # SPEC §10
         try:
             horizon = await self._expire(keys=keys, args=[self._cutoff()])
         except RedisError as exc:
@@ -398,6 +422,20 @@ class RedisLog:
         events = [_event(entry_id, fields) for entry_id, fields in entries]
         return [event for event in events if event.epoch == self.epoch]
 
+    # -- each story's last event (webhooks, SPEC §10) ------------------------------------
+
+    async def latest_events_after(self, after_seq: int, limit: int) -> list[Event]:
+        """Each story's last event with seq > ``after_seq``, oldest first: one script reads
+        the ids by seq and their events at once, so the two always agree."""
+        keys = [self.keys["last_seq"], self.keys["last_event"]]
+        try:
+            texts: Any = await self._latest(keys=keys, args=[after_seq, limit])
+        except RedisError as exc:
+            raise self._failed(exc) from exc
+        self._ok()
+        events = [_last_event(text) for text in texts if text]
+        return [e for e in events if e.epoch == self.epoch and e.seq > after_seq]
+
     # -- the watcher lock ---------------------------------------------------------------
 
     async def acquire_lock(self) -> bool:
@@ -465,15 +503,26 @@ def _stored(draft: Draft) -> Json:
 
 def _event(entry_id: str, fields: dict[str, str]) -> Event:
     seq = int(entry_id.split("-", 1)[0])
-    draft = json.loads(fields["d"])
-    source = json.loads(fields["s"])
+    return _assembled(
+        seq, fields["e"], fields["t"], json.loads(fields["d"]), json.loads(fields["s"])
+    )
+
+
+def _last_event(text: str) -> Event:
+    """A story's last event as ``last_event`` keeps it: ``{"q", "e", "t", "s", "d"}``, the
+    fields of its stream entry with the draft and source as JSON, not as strings."""
+    value = json.loads(text)
+    return _assembled(int(value["q"]), value["e"], value["t"], value["d"], value["s"])
+
+
+def _assembled(seq: int, epoch: str, time: str, draft: Json, source: Json) -> Event:
     commit = draft.pop("_commit", None)
     data = {
         "type": draft.pop("type"),
         "seq": seq,
-        "epoch": fields["e"],
-        "time": fields["t"],
+        "epoch": epoch,
+        "time": time,
         **draft,
         "source": source if commit is None else with_commit(source, commit),
     }
-    return Event(seq=seq, epoch=fields["e"], data=data)
+    return Event(seq=seq, epoch=epoch, data=data)

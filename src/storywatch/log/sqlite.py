@@ -13,6 +13,12 @@ Schema version 2 added ``positions`` and ``meta.horizon``; a version-1 file is u
 place at open, its positions seeded from the events it still holds (the horizon is then the
 seq before the oldest of them: nothing older was known).
 
+Webhooks (SPEC §10) add, within schema version 2, ``positions.event`` — the story's last
+event as logged (its wire JSON, written in the append's transaction) — and an index on
+``positions.seq``, so a hook behind the replay window gets each changed story's latest event
+(:meth:`SqliteLog.latest_events_after`). A file without them gets them at open, filled from
+the events it still holds; storywatch versions without them ignore the column.
+
 Durability. The file is in WAL mode with ``synchronous=FULL``: every commit fsyncs the WAL
 before ``COMMIT`` returns, so an event is on disk — surviving a power cut as well as a
 crash — before :meth:`SqliteLog.append` returns it. ``NORMAL`` with WAL skips that fsync and
@@ -89,6 +95,8 @@ _SCHEMA: Final = (
     *_POSITIONS_SCHEMA,
 )
 _IN_BATCH: Final = 500  # ids per `IN (...)` look-up
+# -- webhooks (SPEC §10): positions.event (a column added at open) is ordered by seq.
+_BY_SEQ_INDEX: Final = "CREATE INDEX IF NOT EXISTS positions_by_seq ON positions (seq)"
 
 T = TypeVar("T")
 
@@ -168,6 +176,12 @@ class SqliteLog:
     async def expire_tombstones(self) -> int:
         """Drop the tombstones that expired by now (SPEC §9); the horizon after."""
         return await self._run(self._expire_sync)
+
+    async def latest_events_after(self, after_seq: int, limit: int) -> list[Event]:
+        """Each story's last event with seq > ``after_seq`` (SPEC §10), oldest first."""
+        if after_seq >= self._seq:
+            return []
+        return await self._run(self._latest_after_sync, after_seq, limit)
 
     async def close(self) -> None:
         if self._executor is None:
@@ -261,6 +275,7 @@ class SqliteLog:
             self._configure()
             if upgrade:
                 meta = self._upgrade_from_v1(meta)
+            self._add_last_events()
             return self._read(meta)
         except sqlite3.Error as exc:
             code = getattr(exc, "sqlite_errorcode", None)
@@ -292,6 +307,7 @@ class SqliteLog:
         except BaseException:
             _rollback(conn)
             raise
+        self._add_last_events()
         self._epoch, self._seq = epoch, 0
         return LogState(epoch=epoch, seq=0, fresh=True)
 
@@ -376,6 +392,7 @@ class SqliteLog:
             )
             conn.executemany("DELETE FROM index_entries WHERE path = ?", deletes)
             horizon = self._write_positions(conn, events)  # SPEC §9, in the same commit
+            _write_last_events(conn, events)  # SPEC §10, likewise
             if events:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
                 self._trim(conn, seq)
@@ -493,6 +510,46 @@ class SqliteLog:
         )
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
+    # -- each story's last event (webhooks, SPEC §10) ------------------------------------
+
+    def _add_last_events(self) -> None:
+        """Give a file without them ``positions.event`` and the index by seq, the events
+        filled in from those the file still holds (older ones are not known any more)."""
+        conn = self._require_conn()
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(positions)")}
+        if "event" in columns:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("ALTER TABLE positions ADD COLUMN event TEXT")
+            conn.execute(_BY_SEQ_INDEX)
+            conn.execute(
+                "UPDATE positions SET event ="
+                " (SELECT data FROM events WHERE events.seq = positions.seq)"
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _latest_after_sync(self, after_seq: int, limit: int) -> list[Event]:
+        conn = self._require_conn()
+        # COALESCE: a row written by a storywatch without the column has none, and its
+        # event may still be in the replay window.
+        rows = conn.execute(
+            "SELECT p.seq, COALESCE(p.event, e.data) FROM positions AS p"
+            " LEFT JOIN events AS e ON e.seq = p.seq"
+            " WHERE p.seq > ? ORDER BY p.seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        out: list[Event] = []
+        for seq, text in rows:
+            try:
+                out.append(_stored_event(seq, self._epoch, text))
+            except _Unusable:  # not known any more (see _add_last_events), or damaged
+                log.warning("state file %s: no last event kept for seq %s", self.path, seq)
+        return out
+
     def _close_sync(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
@@ -502,6 +559,15 @@ class SqliteLog:
         if self._conn is None:
             raise RuntimeError("the sqlite log is not open")
         return self._conn
+
+
+def _write_last_events(conn: sqlite3.Connection, events: list[Event]) -> None:
+    """Inside an append's transaction, after the positions: each story's last event."""
+    last = {event.story_id: event for event in events}  # the later one wins
+    conn.executemany(
+        "UPDATE positions SET event = ? WHERE story_id = ?",
+        [(event.encoded(), story_id) for story_id, event in last.items()],
+    )
 
 
 def _stored_event(seq: Any, epoch: str, text: Any) -> Event:

@@ -39,7 +39,7 @@ class HooksApi:
         """``route`` is the request's path without its query."""
         parts = [unquote(p) for p in route.removeprefix(PREFIX).strip("/").split("/") if p]
         if not parts:
-            return await self.status() if method == "GET" else _not_allowed("GET")
+            return await self.status() if method == "GET" else method_not_allowed("GET")
         if len(parts) != 2 or parts[1] not in ("dead", "test"):
             return error_reply(404, "not_found", "no such endpoint")
         name, action = parts
@@ -48,10 +48,10 @@ class HooksApi:
             return error_reply(404, "not_found", "no such webhook")
         if action == "dead":
             if method != "GET":
-                return _not_allowed("GET")
+                return method_not_allowed("GET")
             return json_reply(200, {"dead": await self.store.dead_letters(name)})
         if method != "POST":
-            return _not_allowed("POST")
+            return method_not_allowed("POST")
         return await self.test(hook)
 
     async def status(self) -> HttpReply:
@@ -84,7 +84,8 @@ class HooksApi:
         return json_reply(200, {"status": status, "error": error})
 
 
-def _not_allowed(allowed: str) -> HttpReply:
+def method_not_allowed(allowed: str) -> HttpReply:
+    """405 with ``Allow`` (the server's other /api routes answer it too: they are GET)."""
     reply = error_reply(405, "method_not_allowed", f"use {allowed}")
     reply.headers["Allow"] = allowed
     return reply

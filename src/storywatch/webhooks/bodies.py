@@ -27,6 +27,9 @@ def standard_body(data: Json) -> bytes:
 
 
 def slack_body(data: Json) -> bytes:
+    """``{"text"}``; a compacted event (a hook behind the log, SPEC §10) says so too."""
+    if data.get("compacted"):
+        return encode({"text": slack_text(data), "compacted": True})
     return encode({"text": slack_text(data)})
 
 

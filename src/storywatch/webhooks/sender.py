@@ -100,9 +100,14 @@ class HookRunner:
         metrics: Metrics | None = None,
         clock: Clock = time.time,
         jitter: Callable[[], float] = random.random,
+        window: int | None = None,
     ) -> None:
         self.hook = hook
         self.state = state
+        # The replay buffer's size (backend.buffer_size): a hook whose next event is older
+        # than the newest ``window`` events fell behind it, whatever the backend still
+        # holds (a Redis stream is trimmed approximately and may keep a few more).
+        self.window = window
         self.source = source
         self.store = store
         self.tail = tail
@@ -132,15 +137,11 @@ class HookRunner:
                     self._observe_lag()
                     await self.tail.wait_past(self.state.epoch, self.state.cursor)
                     continue
-                if events[0].seq > self.state.cursor + 1:
-                    logger.warning(
-                        "webhook %s: events %d to %d are no longer in the log; going on "
-                        "from %d (compacted delivery comes with SPEC §9)",
-                        hook.name,
-                        self.state.cursor + 1,
-                        events[0].seq - 1,
-                        events[0].seq,
-                    )
+                oldest = self._oldest_kept(events[0].seq)
+                if oldest > self.state.cursor + 1 and events[0].epoch == self.state.epoch:
+                    await self._compacted(client, oldest)
+                    self._past_the_unknown(oldest)
+                    continue  # back to the log, from the new cursor
                 for event in events:
                     if event.epoch != self.state.epoch:
                         break  # the log started a new epoch: the next round resets
@@ -152,6 +153,62 @@ class HookRunner:
                         await self._deliver(client, event, data)
                 await self._save_if_dirty()
                 self._observe_lag()
+
+    async def _compacted(self, client: httpx.AsyncClient, oldest: int) -> None:
+        """The log no longer holds the events after the cursor (the hook fell behind its
+        window): send, per story changed since, its latest event as logged, with
+        ``"compacted": true``, in seq order (SPEC §10, as a catch-up in §9). Each moves the
+        cursor; the events skipped in between were each followed by a later one of the
+        same story, sent here or, when appended meanwhile, from the log afterwards."""
+        hook, state = self.hook, self.state
+        logger.warning(
+            "webhook %s: events %d to %d are no longer in the log; sending each story "
+            "changed since %d its latest event instead (compacted)",
+            hook.name,
+            state.cursor + 1,
+            oldest - 1,
+            state.cursor,
+        )
+        while True:
+            page = await self._read(latest=True)
+            for event in page:
+                if event.epoch != state.epoch or event.seq <= state.cursor:
+                    return  # a new epoch (the next round resets), or nothing new
+                data = hook_view(event, hook)
+                if data is None:
+                    state.cursor = event.seq
+                    self._dirty = True
+                else:
+                    await self._deliver(client, event, {**data, "compacted": True})
+            await self._save_if_dirty()
+            self._observe_lag()
+            if len(page) < READ_BATCH:
+                return
+
+    def _oldest_kept(self, first_read: int) -> int:
+        """The oldest seq of the replay buffer: the first event the log gave, or the first
+        of the newest ``window`` events, whichever is newer."""
+        if self.window is None or self.tail.epoch != self.state.epoch:
+            return first_read
+        return max(first_read, self.tail.seq - self.window + 1)
+
+    def _past_the_unknown(self, oldest: int) -> None:
+        """After a compacted delivery the cursor is at the latest seq it saw, at or past
+        ``oldest``, unless the log kept no latest event for the stories before that (a
+        Redis stream or state file from a storywatch without them): then the hook goes on
+        from the oldest event the log holds, rather than asking again and again."""
+        state = self.state
+        if state.epoch == self.tail.epoch and state.cursor < oldest - 1:
+            logger.warning(
+                "webhook %s: the log kept no latest event of the stories changed between "
+                "%d and %d; going on from %d",
+                self.hook.name,
+                state.cursor + 1,
+                oldest - 1,
+                oldest,
+            )
+            state.cursor = oldest - 1
+            self._dirty = True
 
     # -- one event ----------------------------------------------------------------------
 
@@ -238,11 +295,13 @@ class HookRunner:
         self.state.next_attempt = None
         await self._save()
 
-    async def _read(self) -> list[Event]:
+    async def _read(self, *, latest: bool = False) -> list[Event]:
+        """The next events after the cursor; ``latest``: each story's latest one."""
+        read = self.source.latest_events_after if latest else self.source.read_after
         delay = STORE_RETRY_S[0]
         while True:
             try:
-                return await self.source.read_after(self.state.cursor, READ_BATCH)
+                return await read(self.state.cursor, READ_BATCH)
             except BackendError as exc:
                 logger.warning("webhook %s: cannot read the log (%s)", self.hook.name, exc)
                 await asyncio.sleep(delay)

@@ -41,8 +41,10 @@ class Webhooks:
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        window: int | None = None,
     ) -> None:
         self.hooks = tuple(hooks)
+        self.window = window  # backend.buffer_size: behind it, hooks get compacted events
         self.store = store
         self.metrics = metrics
         self.clock = clock
@@ -57,10 +59,6 @@ class Webhooks:
 
     def api(self, latest: Callable[[], int], epoch: Callable[[], str]) -> HooksApi:
         return HooksApi(self.hooks, self.store, latest=latest, epoch=epoch)
-
-    @property
-    def delivering(self) -> bool:
-        return bool(self._tasks)
 
     async def start(self, source: HookSource, *, epoch: str, seq: int) -> None:
         """Deliver from now on; ``epoch``/``seq`` are the log's latest when called (a hook
@@ -97,6 +95,7 @@ class Webhooks:
                 metrics=self.metrics,
                 clock=self.clock,
                 jitter=self.jitter,
+                window=self.window,
             )
         tail.on_move = self._observe_lags
         self._spawn(source.follow(seq, tail.advance, tail.reset), "webhooks: following the log")
@@ -142,7 +141,7 @@ def open_webhooks(settings: Settings, metrics: Metrics | None = None) -> Webhook
         from storywatch.webhooks.redis import RedisStore
 
         store = RedisStore(settings.backend)
-    return Webhooks(settings.webhooks, store, metrics)
+    return Webhooks(settings.webhooks, store, metrics, window=settings.backend.buffer_size)
 
 
 async def _supervised(runner: HookRunner) -> None:
