@@ -349,3 +349,26 @@ def test_bad_catchup_keep_days_names_the_key(value: str, tmp_path: Path) -> None
     config.write_text(f"catchup:\n  keep_days: {value}\n")
     with pytest.raises(ConfigError, match=r"catchup\.keep_days"):
         load_settings(config, env={})
+
+
+def test_the_example_config_documents_every_key_with_its_default() -> None:
+    import yaml
+
+    from storywatch.config import DEFAULTS_FLAT
+
+    example = Path(__file__).resolve().parents[1] / "config.example.yaml"
+    raw = yaml.safe_load(example.read_text())
+
+    def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out[prefix + key] = value
+            if isinstance(value, dict):
+                out.update(flat(value, prefix + key + "."))
+        return out
+
+    documented = flat(raw)
+    assert set(documented) == set(DEFAULTS_FLAT)
+    for key, default in DEFAULTS_FLAT.items():
+        if key != "repo":
+            assert documented[key] == default, key
