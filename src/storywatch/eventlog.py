@@ -95,6 +95,11 @@ class EventLog(Protocol):
         it starts at its oldest."""
         ...
 
+    async def expire_tombstones(self) -> int:
+        """Drop the catch-up tombstones that expired by now (SPEC §9: on every append, and
+        on a catch-up request); the horizon after."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 MAX_FRAMES_PER_PASS = 256  # per connection; the rest waits for the next turn (fairness)
 _OPEN = State.OPEN  # looked up once: an enum member access is not free, per connection
+_STREAMING = State.CONNECTING  # an SSE stream: websockets' handshake never completes
 
 
 class Flusher:
@@ -50,8 +51,12 @@ class Flusher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last_pass = 0.0  # on ``clock``: the last pass that wrote something
 
-    def attach(self, connection: ServerConnection, session: Session) -> Writer:
-        writer = Writer(self, connection, session)
+    def attach(
+        self, connection: ServerConnection, session: Session, *, stream: bool = False
+    ) -> Writer:
+        """Drain ``session`` into ``connection``: an open WebSocket, or with ``stream`` an
+        SSE stream (SPEC §12), written on a connection websockets never upgraded."""
+        writer = Writer(self, connection, session, _STREAMING if stream else _OPEN)
         session.wakeup = writer.schedule
         writer.schedule()
         return writer
@@ -99,14 +104,18 @@ class Writer:
         "closed",
         "connection",
         "flusher",
+        "live",
         "queued",
         "session",
     )
 
-    def __init__(self, flusher: Flusher, connection: ServerConnection, session: Session) -> None:
+    def __init__(
+        self, flusher: Flusher, connection: ServerConnection, session: Session, live: State
+    ) -> None:
         self.flusher = flusher
         self.connection = connection
         self.session = session
+        self.live = live  # the protocol state in which this connection may be written to
         self.queued = False
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
@@ -131,7 +140,7 @@ class Writer:
             return 0, 0.0
         if self._drainer is not None:
             return 0, 0.0
-        if connection.protocol.state is not _OPEN:
+        if connection.protocol.state is not self.live:
             self.close()
             return 0, 0.0
         if connection.paused:
