@@ -119,7 +119,7 @@ def test_a_catch_up_goes_out_in_chunks_of_500_encoded_as_the_socket_takes_them()
     assert queued < 1000  # `subscribed` only: the catch-up is not encoded yet
     first = session.drain(1e6, max_frames=2).frames  # `subscribed` and one chunk
     assert item.sent == 1 and session.queued_bytes < queued
-    chunks = [json.loads(decode_frame(first[1]))] + frames(session)
+    chunks = [json.loads(decode_frame(first[1])), *frames(session)]
     assert [len(c["stories"]) + len(c["removed"]) for c in chunks] == [500, 500, 203]
     assert [c["done"] for c in chunks] == [False, False, True]
     assert {c["seq"] for c in chunks} == {1203} and {c["since"] for c in chunks} == {0}
@@ -305,7 +305,7 @@ def test_a_stream_that_overflows_gets_resync_and_a_snapshot_and_goes_on() -> Non
 
 
 def test_a_stream_told_of_a_new_epoch_gets_resync_and_the_new_state() -> None:
-    stream, hub = long_history()
+    _stream, hub = long_history()
     session = stream_session()
     hub.sessions.add(session)
     session.open_stream(Filter(), (EPOCH, 20), hub)
