@@ -144,7 +144,7 @@ class Api:
                 page = self.hub.page(epoch, since, flt, principal.epics)
                 if page is None:
                     lost = {"epoch": self.hub.epoch, "seq": self.hub.seq, "recovered": False}
-                    return json_reply(200, {**lost, "compacted": False, "events": []})
+                    return json_reply(200, {**lost, "events": []})
                 answer = page.to_json(self.hub.epoch)
                 if page.more:
                     answer["next"] = _next_poll(query, self.hub.epoch, page.seq)
@@ -156,13 +156,7 @@ class Api:
             if frames or remaining <= 0:
                 return json_reply(
                     200,
-                    {
-                        "epoch": self.hub.epoch,
-                        "seq": cursor,
-                        "recovered": True,
-                        "compacted": False,
-                        "events": frames,
-                    },
+                    {"epoch": self.hub.epoch, "seq": cursor, "recovered": True, "events": frames},
                 )
             since = cursor
             with contextlib.suppress(TimeoutError):
