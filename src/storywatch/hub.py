@@ -71,17 +71,19 @@ class Hub:
         return self.buffer.after(epoch, since_seq)
 
     def catchable(self, epoch: Any, since_seq: Any) -> bool:
-        """Whether ``since`` (behind the replay buffer) can be caught up: this epoch, at or
-        after the horizon, not newer than the latest seq."""
+        """A catch-up request (SPEC §9) for a cursor behind the replay buffer: whether it
+        can be caught up (this epoch, at or after the horizon, not newer than the latest
+        seq), once the tombstones due by now are dropped — here, and by the app in the log
+        (:attr:`on_catchup`)."""
         if epoch != self.epoch:
             return False
         self.catchup.expire(self.wall())
+        self.on_catchup()
         return self.catchup.positions.catchable(since_seq, self.seq)
 
     def catch_up(self, since_seq: int, flt: Filter, scope: Scope) -> Catchup | None:
-        """A catch-up request (SPEC §9): the state of :attr:`seq` for a client at
-        ``since_seq`` (None: it cannot be caught up). Check the epoch first."""
-        self.on_catchup()
+        """The state of :attr:`seq` for a client at ``since_seq`` (None: it cannot be caught
+        up). Ask :meth:`catchable` first."""
         return self.catchup.catch_up(
             since_seq, self.seq, flt, scope, self._stories, now=self.wall()
         )
@@ -90,7 +92,6 @@ class Hub:
         """One ``GET /api/events`` answer of a catch-up (None: it cannot be caught up)."""
         if not self.catchable(epoch, since_seq):
             return None
-        self.on_catchup()
         return self.catchup.page(since_seq, self.seq, flt, scope, self._stories, now=self.wall())
 
     def publish(self, events: list[Event]) -> None:

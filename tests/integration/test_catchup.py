@@ -11,6 +11,7 @@ durable); on Redis from another server (positions are shared). Then the HTTP pag
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -377,3 +378,54 @@ async def test_http_catch_up_with_a_scoped_token(repo: Path, daemon_factory: typ
     assert set(page["removed"]) == {"INT-001", "INT-004", "INT-101"}
     assert "UI-005" not in {s["id"] for s in page["stories"]}
     assert [p["story_id"] for p in page["invalid"]] == ["INT-006"]
+
+
+async def test_a_catch_up_request_drops_expired_tombstones_from_the_log(
+    repo: Path, daemon_factory: type[Daemon], tmp_path: Path
+) -> None:
+    """``keep_days`` of about a second: once the tombstone is due, the next catch-up request
+    (no append in between) refuses older cursors and drops it from the state file too."""
+    state = tmp_path / "state.db"
+    config = {**SMALL, "catchup": {"keep_days": 1e-5}, "backend": {"buffer_size": 2}}
+    config["backend"]["path"] = str(state)
+    daemon = daemon_factory(repo, backend="sqlite", config=config).start()
+    health = daemon.wait_healthy()
+    epoch, cursor = health["epoch"], health["seq"]
+    async with connected(daemon) as client:
+        await client.subscribe("all", {})
+        changes = Changes(repo, client)
+        await changes.do(story_path(repo, "INT-004").unlink, "INT-004", "story.deleted")
+        deleted = changes.last_seq
+        for status in ("review", "done", "blocked"):
+            await changes.do(
+                lambda s=status: set_status(story_path(repo, "UI-005"), s),
+                "UI-005",
+                "story.transitioned",
+            )
+        n = 0
+        while True:  # until the tombstone is due (about a second after the delete)
+            n += 1
+            subscribed, _ = await catch_up(client, f"c{n}", {}, epoch, cursor)
+            await client.send({"type": "unsubscribe", "sub": f"c{n}"})
+            if not subscribed["recovered"]:
+                break
+            await asyncio.sleep(0.1)  # time must pass: a poll, within the inbound budget
+    assert subscribed["compacted"] is False
+    # Written by the request (in the background, right after), not by an append.
+    for _ in range(100):
+        if horizon_of(state) == deleted:
+            break
+        await asyncio.sleep(0.05)
+    assert horizon_of(state) == deleted
+    assert daemon.wait_healthy()["seq"] == changes.last_seq  # no append since
+    async with connected(daemon) as client:
+        subscribed, chunks = await catch_up(client, "after", {}, epoch, deleted)
+        assert subscribed["compacted"] is True and chunks[-1]["removed"] == []
+
+
+def horizon_of(state: Path) -> int:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{state}?mode=ro", uri=True)) as db:
+        (value,) = db.execute("SELECT value FROM meta WHERE key = 'horizon'").fetchone()
+    return int(value)
