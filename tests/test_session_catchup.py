@@ -267,7 +267,7 @@ def test_a_stream_resumes_by_replay_catch_up_or_resync_and_snapshot() -> None:
     assert "sub" not in data
     for resume, reason in (("other", 3), "epoch_changed"), ((EPOCH, 99), "lost"):
         lost = stream_session()
-        lost.open_stream(Filter(), resume, hub)  # type: ignore[arg-type]
+        lost.open_stream(Filter(), resume, hub)
         (resync, snapshot) = dispatched(lost)
         assert resync == ("resync", {"reason": reason, "epoch": EPOCH, "seq": 20}, "")
         assert snapshot[0] == "snapshot" and snapshot[2] == f"{EPOCH}:20"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +134,12 @@ class Changes:
         await self.do(lambda: set_status(ui5, "in-progress"), "UI-005", "story.transitioned")
         await self.do(lambda: int6.write_text(BROKEN), "INT-006", "story.invalid")
         for status in ("blocked", "in-progress", "review"):
-            await self.do(lambda s=status: set_status(int8, s), "INT-008", "story.transitioned")
+            await self.do(partial(set_status, int8, status), "INT-008", "story.transitioned")
 
     async def more_while_away(self) -> None:
         int8 = story_path(self.repo, "INT-008")
         for status in ("done", "blocked", "in-progress", "review", "ready", "review"):
-            await self.do(lambda s=status: set_status(int8, s), "INT-008", "story.transitioned")
+            await self.do(partial(set_status, int8, status), "INT-008", "story.transitioned")
         new = self.repo / "integration" / "INT-100.md"
         await self.do(new.unlink, "INT-100", "story.deleted")
         await self.do(
@@ -386,8 +387,7 @@ async def test_a_catch_up_request_drops_expired_tombstones_from_the_log(
     """``keep_days`` of about a second: once the tombstone is due, the next catch-up request
     (no append in between) refuses older cursors and drops it from the state file too."""
     state = tmp_path / "state.db"
-    config = {**SMALL, "catchup": {"keep_days": 1e-5}, "backend": {"buffer_size": 2}}
-    config["backend"]["path"] = str(state)
+    config = {"catchup": {"keep_days": 1e-5}, "backend": {"buffer_size": 2, "path": str(state)}}
     daemon = daemon_factory(repo, backend="sqlite", config=config).start()
     health = daemon.wait_healthy()
     epoch, cursor = health["epoch"], health["seq"]
@@ -396,12 +396,9 @@ async def test_a_catch_up_request_drops_expired_tombstones_from_the_log(
         changes = Changes(repo, client)
         await changes.do(story_path(repo, "INT-004").unlink, "INT-004", "story.deleted")
         deleted = changes.last_seq
+        ui5 = story_path(repo, "UI-005")
         for status in ("review", "done", "blocked"):
-            await changes.do(
-                lambda s=status: set_status(story_path(repo, "UI-005"), s),
-                "UI-005",
-                "story.transitioned",
-            )
+            await changes.do(partial(set_status, ui5, status), "UI-005", "story.transitioned")
         n = 0
         while True:  # until the tombstone is due (about a second after the delete)
             n += 1
