@@ -176,3 +176,13 @@ def test_an_id_we_send_is_read_back(epoch: str, seq: int) -> None:
 def test_parsing_never_raises(value: str) -> None:
     parsed = sse.parse_last_event_id(value)
     assert parsed is None or (":" not in parsed[0] and parsed[1] >= 0)
+
+
+def test_the_http_head_of_a_stream() -> None:
+    head = sse.http_head("storywatch/9.9")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    fields = dict(line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:] if line)
+    assert fields["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert fields["Cache-Control"] == "no-store"
+    assert fields["X-Content-Type-Options"] == "nosniff"
+    assert "Content-Length" not in fields and fields["Server"] == "storywatch/9.9"

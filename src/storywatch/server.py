@@ -31,7 +31,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import StatusLike, Subprotocol
 
@@ -51,7 +50,7 @@ from storywatch.ports import Publisher, StoryBodies
 from storywatch.session import Close, Session
 from storywatch.values import Principal, TokenEntry
 from storywatch.webhooks.api import HooksApi, is_hooks_route
-from storywatch.writer import Flusher
+from storywatch.writer import Flusher, end_stream, only_write
 
 logger = logging.getLogger(__name__)
 
@@ -330,8 +329,8 @@ class StoryServer:
             return refused
         session = self._open(connection, entry, sse=True)
         # The head goes out first, then the session's messages as the flusher drains them.
-        _ignore_input(connection)
-        connection.transport.write(_stream_head())
+        only_write(connection)
+        connection.transport.write(sse.http_head(SERVER_NAME))
         session.open_stream(flt, resume, self.hub)
         ended = self._streams[session] = asyncio.Event()
         writer = self._flusher.attach(connection, session, stream=True)
@@ -344,7 +343,7 @@ class StoryServer:
             writer.close()
             self._streams.pop(session, None)
             self._closed(connection, session)
-            await _end_stream(connection)
+            await end_stream(connection, CLOSE_TIMEOUT_S)
         # Not sent: the connection is closed, so websockets writes nothing more.
         return _response(HttpReply(200, b""))
 
@@ -500,48 +499,6 @@ async def _close_or_abort(connection: ServerConnection, code: int, reason: str) 
             await connection.close(code, reason)
     except TimeoutError:
         connection.transport.abort()
-
-
-def _stream_head() -> bytes:
-    """The HTTP head of an SSE stream: no length, the body ends when the connection does."""
-    headers = Headers()
-    headers["Content-Type"] = sse.CONTENT_TYPE
-    headers["Cache-Control"] = "no-store"
-    headers["Connection"] = "close"
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["X-Accel-Buffering"] = "no"  # proxies (nginx): pass each message on at once
-    headers["Referrer-Policy"] = "no-referrer"
-    headers["Server"] = SERVER_NAME
-    return Response(200, "OK", headers).serialize()
-
-
-def _ignore_input(connection: ServerConnection) -> None:
-    """A stream only writes: what the client still sends is discarded, and its end of
-    the connection (EOF) marks the connection closed, so the writer stops. (websockets'
-    parser would read those bytes as WebSocket frames and half-close the connection.)"""
-    protocol = connection.protocol
-
-    def discard() -> Any:
-        while not (yield from protocol.reader.at_eof()):
-            protocol.reader.discard()
-        protocol.state = State.CLOSED
-        yield
-
-    protocol.parser = discard()
-    next(protocol.parser)
-
-
-async def _end_stream(connection: ServerConnection) -> None:
-    """Close a stream's TCP connection after what is buffered (abort a peer that does not
-    read it), and wait until it is closed: only then may ``process_request`` return."""
-    transport = connection.transport
-    transport.close()
-    try:
-        async with asyncio.timeout(CLOSE_TIMEOUT_S):
-            await asyncio.shield(connection.connection_lost_waiter)
-    except TimeoutError:
-        transport.abort()
-        await asyncio.shield(connection.connection_lost_waiter)
 
 
 def _select_subprotocol(

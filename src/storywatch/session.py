@@ -347,7 +347,6 @@ class Session:
         """An SSE stream (SPEC §12): its one subscription, and what comes first — the events
         after ``resume`` (``Last-Event-ID``: replay, or a catch-up behind the buffer), or a
         snapshot (preceded by ``resync`` when ``resume`` cannot be honoured)."""
-        assert self.sse, "a WebSocket session subscribes with messages"
         self._hub = hub
         self.subs[STREAM] = flt
         self._sub_start[STREAM] = hub.seq

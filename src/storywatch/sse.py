@@ -26,6 +26,21 @@ _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 BEYOND: Final = 10**_MAX_SEQ_DIGITS  # what a longer number reads as: newer than the latest
 
 
+def http_head(server: str) -> bytes:
+    """The HTTP head of a stream: no length — the body ends when the connection does."""
+    headers = {
+        "Content-Type": CONTENT_TYPE,
+        "Cache-Control": "no-store",
+        "Connection": "close",
+        "X-Content-Type-Options": "nosniff",
+        "X-Accel-Buffering": "no",  # proxies (nginx): pass each message on at once
+        "Referrer-Policy": "no-referrer",
+        "Server": server,
+    }
+    lines = ["HTTP/1.1 200 OK", *(f"{name}: {value}" for name, value in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 def event_id(epoch: str, seq: int) -> str:
     return f"{epoch}:{seq}"
 

@@ -195,3 +195,36 @@ class Writer:
         # collected half way through the close handshake.
         if self._drainer is not None and self._drainer is not asyncio.current_task():
             self._drainer.cancel()
+
+
+# -- a stream's connection (SPEC §12): websockets never upgrades it ------------------------
+
+
+def only_write(connection: ServerConnection) -> None:
+    """A stream only writes: what the client still sends is discarded, and its end of
+    the connection (EOF) marks the connection closed, so its writer stops. (websockets'
+    parser would read those bytes as WebSocket frames and half-close the connection.)"""
+    protocol = connection.protocol
+
+    def discard() -> Any:
+        while not (yield from protocol.reader.at_eof()):
+            protocol.reader.discard()
+        protocol.state = State.CLOSED
+        yield
+
+    protocol.parser = discard()
+    next(protocol.parser)
+
+
+async def end_stream(connection: ServerConnection, timeout_s: float) -> None:
+    """Close a stream's TCP connection after what is buffered (abort a peer that does not
+    read it within ``timeout_s``) and wait until it is closed: only then may the server's
+    ``process_request`` return, so websockets never writes a response behind the stream."""
+    transport = connection.transport
+    transport.close()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(connection.connection_lost_waiter)
+    except TimeoutError:
+        transport.abort()
+        await asyncio.shield(connection.connection_lost_waiter)
