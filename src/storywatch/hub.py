@@ -96,7 +96,6 @@ class Hub:
 
     def publish(self, events: list[Event]) -> None:
         now = self.last_publish = self.clock()
-        self.catchup.apply(events)  # with the stories, in this same synchronous step
         for event in events:
             self._apply(event)
             self.buffer.add(event)
@@ -122,6 +121,9 @@ class Hub:
                     session.enqueue(entry, now)
         for listener in self.listeners:
             listener(events)
+        # With the stories, in this same synchronous step: no session asks for a catch-up
+        # in between (last, so that nothing here can hold up the delivery of the events).
+        self.catchup.apply(events)
 
     def load(
         self,
