@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def best(rounds: int, func: Callable[[], Any]) -> float:
     return min(times)
 
 
-def encode_all(messages: list[Json]) -> int:
+def encode_all(messages: Iterable[Json]) -> int:
     return sum(len(json.dumps(m, separators=(",", ":"))) for m in messages)
 
 

@@ -35,6 +35,8 @@ PURE = {
     "paths",
     "ports",
     "history",
+    "catchup",
+    "sse",
 }
 IO_LIBRARIES = {
     "asyncio",

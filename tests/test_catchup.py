@@ -122,7 +122,7 @@ def test_a_delete_leaves_a_tombstone_with_the_time_it_was_deleted() -> None:
     repo.write("a.md", "A", epic="ui")
     (deleted,) = repo.change({"a.md": None}, advance_s=5)
     position = positions_of(repo.events).get("A")
-    assert position is not None and position.tombstone
+    assert position is not None and position.deleted_at is not None
     assert position.seq == deleted.seq
     assert position.deleted_at == pytest.approx(repo.now, abs=0.001)
     assert position.epics == frozenset({"ui"})
@@ -292,7 +292,7 @@ def test_catch_up_splits_stories_removed_and_invalid() -> None:
         since, repo.seq, Filter(), Scope(frozenset({"ui"})), repo.stories(), repo.invalid()
     )
     assert result is not None
-    body = result.messages(EPOCH, sub="s1")[0]
+    body = next(result.messages(EPOCH, sub="s1"))
     assert [s["id"] for s in body["stories"]] == ["D", "A"]
     assert body["removed"] == ["B"]
     assert body["invalid"] == [
@@ -328,7 +328,8 @@ def test_chunks_hold_at_most_size_entries_in_seq_order_and_done_on_the_last() ->
     entries = tuple(
         Entry(f"S{n}", n, story(f"S{n}") if n % 3 else None, None) for n in range(1, 1202)
     )
-    messages = Catchup(since=0, seq=1201, entries=entries).messages(EPOCH)
+    messages = list(Catchup(since=0, seq=1201, entries=entries).messages(EPOCH))
+    assert Catchup(since=0, seq=1201, entries=entries).count() == len(messages)
     assert [len(m["stories"]) + len(m["removed"]) for m in messages] == [500, 500, 201]
     assert [m["done"] for m in messages] == [False, False, True]
     assert all("sub" not in m and m["invalid"] == [] for m in messages)
@@ -337,7 +338,7 @@ def test_chunks_hold_at_most_size_entries_in_seq_order_and_done_on_the_last() ->
 
 
 def test_an_empty_catch_up_is_one_done_chunk() -> None:
-    messages = Catchup(since=5, seq=5, entries=()).messages(EPOCH, sub="s")
+    messages = list(Catchup(since=5, seq=5, entries=()).messages(EPOCH, sub="s"))
     assert messages == [
         {
             "type": "catchup",

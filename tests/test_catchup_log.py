@@ -159,7 +159,7 @@ async def test_positions_are_written_with_the_events_and_loaded_again(backends: 
         assert state.positions == {} and state.horizon == 0
         events = await append_all(log, drafts_of(HISTORY))
     want = expected(events)
-    assert want["A"].tombstone and want["A"].epics == frozenset({"ui", "api"})
+    assert want["A"].deleted_at is not None and want["A"].epics == frozenset({"ui", "api"})
     assert want["C"] == Position(events[-1].seq, frozenset({"ui"}))  # re-created
     async with backends.opened() as (_, state):
         same(state.positions, want)
@@ -190,7 +190,7 @@ async def test_expire_tombstones_without_an_append(backends: Backends, clock: Cl
     assert horizon == max(e.seq for e in events if e.type == "story.deleted")
     async with backends.opened() as (_, state):
         assert state.horizon == horizon
-        assert all(not p.tombstone for p in state.positions.values())
+        assert all(p.deleted_at is None for p in state.positions.values())
 
 
 async def test_fractional_keep_days(backends: Backends, clock: Clock) -> None:

@@ -567,13 +567,19 @@ def test_since_that_cannot_be_resumed_is_not_recovered(since: dict[str, Any]) ->
     assert "s1" in session.subs  # the subscription is made: live events follow
 
 
-def test_since_older_than_the_buffer_is_not_recovered() -> None:
+def test_since_older_than_the_buffer_is_caught_up_not_replayed() -> None:
     stream = Stream()
     hub = make_hub(stream, size=5)
     hub.publish([stream.put(f"S{n}", n=n) for n in range(10)])
     session = make_session()
-    (subscribed,) = subscribe(session, hub, since={"epoch": EPOCH, "seq": 3})
-    assert subscribed["recovered"] is False
+    subscribed, catchup = subscribe(session, hub, since={"epoch": EPOCH, "seq": 3})
+    assert (subscribed["recovered"], subscribed["compacted"], subscribed["replayed"]) == (
+        True,
+        True,
+        0,
+    )
+    assert catchup["type"] == "catchup" and catchup["done"] is True  # SPEC §9
+    assert [s["id"] for s in catchup["stories"]] == [f"S{n}" for n in range(3, 10)]
     subscribed, *events = subscribe(session, hub, "s2", since={"epoch": EPOCH, "seq": 5})
     assert subscribed["recovered"] is True
     assert [e["seq"] for e in events] == [6, 7, 8, 9, 10]

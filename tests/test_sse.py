@@ -82,13 +82,13 @@ def test_fields_cannot_carry_line_breaks(field: str, value: str) -> None:
 
 
 def test_heartbeat_is_a_comment_that_is_never_dispatched() -> None:
-    assert sse.HEARTBEAT == sse.comment() == b": heartbeat\n\n"
+    assert sse.HEARTBEAT == b": heartbeat\n\n"
     events, comments = parse_stream(sse.HEARTBEAT * 2)
     assert (events, comments) == ([], 2)
 
 
 def test_snapshot_resync_and_catchup_messages() -> None:
-    raw = sse.resync("lost", "e1", 40) + sse.snapshot("e1", 40, [{"id": "A"}])
+    raw = sse.resync("lost", "e1", 40) + b"".join(sse.snapshot("e1", 40, [{"id": "A"}]))
     resync, snapshot = parse_stream(raw)[0]
     assert (resync.type, json.loads(resync.data)) == (
         "resync",
@@ -104,6 +104,18 @@ def test_snapshot_resync_and_catchup_messages() -> None:
     assert (first.type, first.last_event_id) == ("catchup", "")  # no id until the last chunk
     assert (last.type, last.last_event_id) == ("catchup", "e1:40")
     assert "sub" not in json.loads(first.data) and json.loads(last.data)["done"] is True
+
+
+@given(st.integers(0, 23), st.integers(1, 5))
+def test_a_snapshot_in_pieces_is_one_message(count: int, size: int) -> None:
+    """Written a few stories at a time, it is still exactly one event for an EventSource."""
+    stories = [{"id": f"S{n}", "title": "ü\nline"} for n in range(count)]
+    parts = list(sse.snapshot("e1", 9, stories, size))
+    assert len(parts) == sse.pieces(count, size) == max(1, -(-count // size))
+    (event,), _ = parse_stream(b"".join(parts))
+    assert (event.type, event.last_event_id) == ("snapshot", "e1:9")
+    assert json.loads(event.data) == {"epoch": "e1", "seq": 9, "stories": stories}
+    assert all(b"\n\n" not in part for part in parts[:-1])  # nothing ends before the last
 
 
 @pytest.mark.parametrize(
@@ -164,3 +176,13 @@ def test_an_id_we_send_is_read_back(epoch: str, seq: int) -> None:
 def test_parsing_never_raises(value: str) -> None:
     parsed = sse.parse_last_event_id(value)
     assert parsed is None or (":" not in parsed[0] and parsed[1] >= 0)
+
+
+def test_the_http_head_of_a_stream() -> None:
+    head = sse.http_head("storywatch/9.9")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    fields = dict(line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:] if line)
+    assert fields["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert fields["Cache-Control"] == "no-store"
+    assert fields["X-Content-Type-Options"] == "nosniff"
+    assert "Content-Length" not in fields and fields["Server"] == "storywatch/9.9"

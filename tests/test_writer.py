@@ -13,10 +13,12 @@ from typing import Any
 
 from websockets.protocol import State
 
+from storywatch.filters import Filter
 from storywatch.metrics import Metrics
 from storywatch.session import Session
 from storywatch.writer import Flusher, Writer
-from tests.test_session import Stream, make_hub, make_session, send
+from tests.test_session import READER, Stream, make_hub, make_limits, make_session, send
+from tests.test_sse import parse_stream
 
 
 class Transport:
@@ -35,7 +37,8 @@ class Transport:
 
 
 class Protocol:
-    state = State.OPEN
+    def __init__(self) -> None:
+        self.state = State.OPEN
 
 
 class Connection:
@@ -175,3 +178,25 @@ async def test_a_closed_writer_writes_nothing_more() -> None:
     setup.hub.publish([setup.stream.put("A", status="a")])
     await turn()
     assert len(connection.transport.writes) == 1
+
+
+async def test_a_stream_is_written_as_sse_while_websockets_still_handshakes() -> None:
+    """An SSE stream (SPEC §12) is never upgraded: its connection stays CONNECTING for
+    websockets, and the writer writes it there; once the peer is gone it stops."""
+    setup = Setup()
+    session = Session("c9", READER, make_limits(), 0.0, sse=True)
+    setup.hub.sessions.add(session)
+    session.open_stream(Filter(), None, setup.hub)
+    connection = Connection()
+    connection.protocol.state = State.CONNECTING
+    writer = setup.flusher.attach(connection, session, stream=True)  # type: ignore[arg-type]
+    await turn()
+    setup.hub.publish([setup.stream.put("A", status="a")])
+    await turn()
+    events, _ = parse_stream(b"".join(connection.transport.writes))
+    assert [e.type for e in events] == ["snapshot", "story.created"]
+    assert setup.deliveries() == 1
+    connection.protocol.state = State.CLOSED
+    setup.hub.publish([setup.stream.put("B", status="a")])
+    await turn()
+    assert writer.closed and len(parse_stream(b"".join(connection.transport.writes))[0]) == 2

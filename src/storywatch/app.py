@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from storywatch.auth import Authenticator, hash_token, new_token
+from storywatch.catchup import CatchupState
 from storywatch.config import Settings
 from storywatch.errors import BackendError, ConfigError
 from storywatch.eventlog import EventLog, LogState, SharedLog
@@ -129,6 +130,10 @@ class App:
         self.webhooks: Webhooks = open_webhooks(settings, self.metrics)
         self._watch_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        # -- catch-up (SPEC §9): a catch-up request drops expired tombstones in the log too.
+        self.hub.on_catchup = self._expire_tombstones
+        self._expiring: asyncio.Task[None] | None = None
+        self._expire_again = False
 
     # -- startup --------------------------------------------------------------------------
 
@@ -152,7 +157,9 @@ class App:
             await self.server.start()
         state = await self._open_log()
         self.ingest.reset(Index.from_records(state.index), state.seq)
-        self.hub.load(state.epoch, state.seq, state.recent, self.ingest.stories())
+        self.hub.load(
+            state.epoch, state.seq, state.recent, self.ingest.stories(), self._catchup(state)
+        )
         # The hub is a follower of the log like any other reader; it follows from the
         # state it loaded, so nothing appended from now on can slip past it.
         self._spawn("hub", self.log.follow(state.seq, self.hub.publish, self._on_reset))
@@ -246,7 +253,37 @@ class App:
         if state.epoch == self.hub.epoch:  # the watcher reseeded the index: same stream
             self.hub.replace_stories(stories)
         else:  # history was lost (Redis restarted empty): start over and tell everyone
-            self.hub.reset(state.epoch, state.seq, stories, state.recent)
+            self.hub.reset(state.epoch, state.seq, stories, state.recent, self._catchup(state))
+
+    # -- catch-up (SPEC §9) -----------------------------------------------------------
+
+    def _catchup(self, state: LogState) -> CatchupState:
+        """What the hub answers catch-ups from: the positions and horizon the log loaded,
+        and which story files are broken (read here, from the index records)."""
+        return CatchupState.load(
+            state.positions,
+            state.horizon,
+            state.index,
+            keep_days=self.settings.catchup_keep_days,
+        )
+
+    def _expire_tombstones(self) -> None:
+        """A catch-up was asked for: drop the expired tombstones from the log as well (the
+        hub already dropped its own). One at a time; a request meanwhile runs it again."""
+        if self._expiring is not None and not self._expiring.done():
+            self._expire_again = True
+            return
+        self._expiring = asyncio.get_running_loop().create_task(self._expire())
+
+    async def _expire(self) -> None:
+        self._expire_again = True
+        while self._expire_again:
+            self._expire_again = False
+            try:
+                await self.log.expire_tombstones()
+            except BackendError as exc:  # the next append or request tries again
+                logger.warning("cannot drop expired catch-up tombstones: %s", exc)
+                return
 
     async def _shared_index(self) -> tuple[Index, int]:
         if self.shared is None:
@@ -290,6 +327,9 @@ class App:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._stop_watching()
+        if self._expiring is not None:  # SPEC §9: let a tombstone expiry finish
+            with contextlib.suppress(Exception):
+                await self._expiring
         await self.webhooks.close()  # SPEC §10: an attempt in flight is sent again later
         await self.ingest.close()
         async with self.ingest.lock:  # let an in-flight append finish

@@ -47,10 +47,6 @@ class Position:
     epics: frozenset[str]  # every epic it ever had (as ``str``, the way a scope compares)
     deleted_at: float | None = None  # a tombstone: Unix time of the delete
 
-    @property
-    def tombstone(self) -> bool:
-        return self.deleted_at is not None
-
     def encode(self) -> str:
         """Compact JSON, as the Redis backend stores it: ``{"s", "e", "d"?}``."""
         out: Json = {"s": self.seq, "e": sorted(self.epics)}
@@ -358,24 +354,22 @@ class Catchup:
     seq: int
     entries: tuple[Entry, ...]  # ordered by the stories' last seq
 
-    def chunks(self, size: int = CHUNK) -> list[tuple[Entry, ...]]:
-        """Entries in chunks of ≤ ``size``; one (empty) chunk when there is nothing."""
-        entries = self.entries
-        return [entries[i : i + size] for i in range(0, len(entries), size)] or [()]
+    def count(self, size: int = CHUNK) -> int:
+        """How many ``catchup`` messages it takes (one, empty, when there is nothing)."""
+        return max(1, -(-len(self.entries) // size))
 
-    def messages(self, epoch: str, *, sub: str | None = None, size: int = CHUNK) -> list[Json]:
-        """The ``catchup`` messages (SPEC §9): with ``sub`` on WebSocket, without on SSE."""
-        chunks = self.chunks(size)
-        out = []
-        for n, chunk in enumerate(chunks):
+    def messages(self, epoch: str, *, sub: str | None = None, size: int = CHUNK) -> Iterator[Json]:
+        """The ``catchup`` messages (SPEC §9), with ``sub`` on WebSocket, without on SSE —
+        lazily: a session builds one when its socket can take it, never all at once."""
+        entries, count = self.entries, self.count(size)
+        for n in range(count):
             message: Json = {"type": "catchup"}
             if sub is not None:
                 message["sub"] = sub
             message.update({"epoch": epoch, "seq": self.seq, "since": self.since})
-            message.update(_lists(chunk))
-            message["done"] = n == len(chunks) - 1
-            out.append(message)
-        return out
+            message.update(_lists(entries[n * size : (n + 1) * size]))
+            message["done"] = n == count - 1
+            yield message
 
 
 @dataclass(frozen=True, slots=True)

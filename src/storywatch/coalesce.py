@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from storywatch import sse
 from storywatch.changes import change_type, field_changes
 from storywatch.events import Event, Json, text_frame
 from storywatch.filters import Scope
@@ -81,6 +82,7 @@ class Pending:
     count: int = 1
     # The finished frame, once built: a live entry is shared by every session of a group.
     built: bytes | None = field(default=None, repr=False, compare=False)
+    sse_built: bytes | None = field(default=None, repr=False, compare=False)  # SPEC §12
     # Read from ``data`` once, not by every session that queues or sends the entry.
     seq: int = field(init=False, repr=False, compare=False)
     type: str = field(init=False, repr=False, compare=False)
@@ -116,6 +118,22 @@ class Pending:
             else:
                 self.built = text_frame(self.frame().encode())
         return self.built
+
+    def sse_bytes(self) -> bytes:
+        """The entry as one Server-Sent Events message (SPEC §12): ``id: <epoch>:<seq>``,
+        ``event: <type>``, the event JSON without ``subs`` (a stream has one, unnamed
+        subscription); built once for every stream of a group."""
+        if self.sse_built is None:
+            if self.event is not None and not self.replay:
+                text = self.event.encoded()
+            else:
+                out = dict(self.data)
+                if self.replay:
+                    out["replay"] = True
+                text = json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+            event_id = sse.event_id(str(self.data["epoch"]), self.seq)
+            self.sse_built = sse.message(self.type, text, id=event_id)
+        return self.sse_built
 
     def frame(self) -> str:
         if self.event is not None:

@@ -102,6 +102,11 @@ class EventLog(Protocol):
         does not depend on the replay window; it goes when the story's tombstone expires."""
         ...
 
+    async def expire_tombstones(self) -> int:
+        """Drop the catch-up tombstones that expired by now (SPEC §9: on every append, and
+        on a catch-up request); the horizon after."""
+        ...
+
     async def close(self) -> None: ...
 
 

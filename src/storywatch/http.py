@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from storywatch.coalesce import transformed
 from storywatch.events import Event, Json
@@ -119,12 +119,22 @@ class Api:
     async def events(
         self, query: Mapping[str, list[str]], principal: Principal, flt: Filter
     ) -> HttpReply:
+        """The long-poll (SPEC §5), and behind the replay buffer a paged catch-up (§9).
+
+        A catch-up page with ``more: true`` ends at ``seq``; the client's state is then not
+        the state *at* that seq (stories changed later are not told yet), so the next poll
+        must continue the catch-up, not replay events: ``compacted=1`` asks for that, and the
+        answer's ``next`` carries it. Without it, a ``since`` that came within the buffer
+        meanwhile would be answered by replay, and a story that left the client's filter
+        or epics in the part already paged over could stay behind."""
         epoch = _first(query, "epoch") or self.hub.epoch
         try:
             since = int(_first(query, "since") or self.hub.seq)
             wait = float(_first(query, "wait") or DEFAULT_WAIT_S)
+            compacted = _flag(_first(query, "compacted"))
         except ValueError:
-            return error_reply(400, "bad_request", "`since` must be an integer, `wait` a number")
+            message = "`since` must be an integer, `wait` a number, `compacted` 0 or 1"
+            return error_reply(400, "bad_request", message)
         if not math.isfinite(wait):
             return error_reply(400, "bad_request", "`wait` must be a finite number of seconds")
         wait = min(max(wait, 0.0), MAX_WAIT_S)
@@ -132,12 +142,18 @@ class Api:
         deadline = loop.time() + wait
         while True:
             replay = self.hub.replay(epoch, since)
-            if replay is None:
-                lost = {"epoch": self.hub.epoch, "seq": self.hub.seq, "recovered": False}
-                return json_reply(200, {**lost, "events": []})
-            page = replay[:MAX_EVENTS_PER_POLL]
-            frames = self._visible(page, principal, flt)
-            cursor = page[-1].seq if len(replay) > len(page) else self.hub.seq
+            if replay is None or compacted:
+                page = self.hub.page(epoch, since, flt, principal.epics)
+                if page is None:
+                    lost = {"epoch": self.hub.epoch, "seq": self.hub.seq, "recovered": False}
+                    return json_reply(200, {**lost, "events": []})
+                answer = page.to_json(self.hub.epoch)
+                if page.more:
+                    answer["next"] = _next_poll(query, self.hub.epoch, page.seq)
+                return json_reply(200, answer)
+            page_events = replay[:MAX_EVENTS_PER_POLL]
+            frames = self._visible(page_events, principal, flt)
+            cursor = page_events[-1].seq if len(replay) > len(page_events) else self.hub.seq
             remaining = deadline - loop.time()
             if frames or remaining <= 0:
                 return json_reply(
@@ -196,6 +212,22 @@ def board_page(statuses: Sequence[str] = ()) -> BoardPage:
         for block in _INLINE_SCRIPT.findall(page)
     )
     return BoardPage(page, hashes)
+
+
+def _flag(value: str | None) -> bool:
+    if value is None or value in ("", "0", "false"):
+        return False
+    if value in ("1", "true"):
+        return True
+    raise ValueError(value)
+
+
+def _next_poll(query: Mapping[str, list[str]], epoch: str, seq: int) -> str:
+    """Where a paged catch-up goes on: this path with the same filter, ``since`` the last
+    entry's seq, and ``compacted=1`` (the token is the client's to add, as before)."""
+    params = [("epoch", epoch), ("since", str(seq)), ("compacted", "1")]
+    params += [(key, value) for key in FILTER_KEYS for value in query.get(key, ())]
+    return "/api/events?" + urlencode(params)
 
 
 def _first(query: Mapping[str, list[str]], key: str) -> str | None:

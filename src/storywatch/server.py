@@ -5,6 +5,13 @@ Each connection gets a pure :class:`Session`; the shared :class:`~storywatch.wri
 drains every outbox at the pace of its token bucket, and a socket that stays unwritable for
 ``write_timeout_s`` is closed with 1013, so one stalled phone never holds memory or the
 event loop.
+
+``GET /api/stream`` (Server-Sent Events, SPEC §12) is answered from ``process_request``
+too, and never upgraded: the server writes the HTTP head on the connection's transport
+itself, makes the connection an SSE :class:`Session` like any other (the same flusher
+drains it, framed as SSE), and ``process_request`` returns only once the TCP connection is
+closed — so websockets, which answers only a connection still in its opening handshake,
+never writes a response of its own behind the stream.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import weakref
 from collections.abc import Callable, Generator, Sequence
 from http import HTTPStatus
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -37,13 +44,14 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 from websockets.typing import StatusLike, Subprotocol
 
-from storywatch import SERVER_NAME
+from storywatch import SERVER_NAME, sse
 from storywatch.auth import Authenticator, origin_allowed, token_from
 from storywatch.config import Settings
 from storywatch.errors import PublishRejected
 from storywatch.events import Json, utc_now_iso
+from storywatch.filters import FilterError
 from storywatch.history import CommitSource
-from storywatch.http import Api, HttpReply, board_page, error_reply, json_reply
+from storywatch.http import Api, HttpReply, board_page, error_reply, json_reply, query_filter
 from storywatch.hub import Hub
 from storywatch.inbound import Publish, safe_ref
 from storywatch.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -52,7 +60,7 @@ from storywatch.ports import Publisher, StoryBodies
 from storywatch.session import Close, Session
 from storywatch.values import Principal, TokenEntry
 from storywatch.webhooks.api import HooksApi, is_hooks_route, method_not_allowed
-from storywatch.writer import Flusher
+from storywatch.writer import Flusher, end_stream, only_write
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +72,10 @@ PING_TIMEOUT_S: Final = 20.0
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_OVERLOADED: Final = 1013
+# A stream asked for while the daemon starts waits this long for it to be ready: an
+# EventSource takes any answer but 200 as final and would never reconnect (SPEC §12).
+STREAM_READY_WAIT_S: Final = 10.0
+STREAM_ROUTE: Final = "/api/stream"
 
 
 class _Protocol(ServerProtocol):
@@ -268,6 +280,9 @@ class StoryServer:
         self._ids = itertools.count(1)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Future[None]] = set()
+        # SSE streams (SPEC §12): each one's "end now" (shutdown, token revoked, stalled).
+        self._streams: dict[Session, asyncio.Event] = {}
+        self._shutting_down = False
         self._flusher = Flusher(
             metrics, settings.limits.write_timeout_s, self._stalled, clock=hub.clock
         )
@@ -310,11 +325,14 @@ class StoryServer:
         return int(sockets[0].getsockname()[1]) if sockets else 0
 
     async def close(self) -> None:
-        """Stop accepting, close every client with 1001 and wait for them."""
+        """Stop accepting, close every client with 1001 (end every stream) and wait."""
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
+        self._shutting_down = True
         if self._server is not None:
             self._server.close(close_connections=True)
+            for ended in self._streams.values():
+                ended.set()
             await self._server.wait_closed()
 
     @property
@@ -333,7 +351,10 @@ class StoryServer:
         closed = 0
         for session, (connection, old) in list(self._sessions.items()):
             new = by_hash.get(old.sha256)
-            if new is None or _narrowed(old, new):
+            if (new is None or _narrowed(old, new)) and session in self._streams:
+                closed += 1
+                self._streams[session].set()
+            elif new is None or _narrowed(old, new):
                 closed += 1
                 task = asyncio.ensure_future(
                     connection.close(CLOSE_POLICY, "token revoked or narrowed")
@@ -370,7 +391,11 @@ class StoryServer:
             return _response(HttpReply(200, self.metrics.render(), CONTENT_TYPE_LATEST))
         if not (route == "/ws" or route.startswith("/api/") or route == "/metrics"):
             return self._refuse(404, "not_found", "no such endpoint")
-        if not self.accepting() and route != "/metrics":
+        if (
+            not self.accepting()
+            and route != "/metrics"
+            and (route != STREAM_ROUTE or not await self._until_ready())
+        ):
             return self._refuse(503, "starting", "starting up; retry shortly")
 
         headers = request.headers
@@ -404,11 +429,17 @@ class StoryServer:
                 return self._refuse(403, "forbidden", "this token has no read scope")
             if request.method.upper() != "GET":  # the API is GET, but the hook test (SPEC §10)
                 return _response(method_not_allowed("GET"))
+            if route == STREAM_ROUTE:  # SPEC §12
+                return await self._stream(connection, request, entry)
             return _response(await self.api.handle(request.path, principal))
 
         # /ws
         if not (principal.can("read") or principal.can("publish")):
             return self._refuse(403, "forbidden", "this token has neither read nor publish scope")
+        return self._admit(connection, entry)
+
+    def _admit(self, connection: ServerConnection, entry: TokenEntry) -> Response | None:
+        """Count a WebSocket or SSE connection against the limits (None: admitted)."""
         limits = self.settings.limits
         if len(self._accepted) >= limits.max_connections:
             return self._refuse(503, "overloaded", "too many connections")
@@ -417,6 +448,55 @@ class StoryServer:
         self._accepted[connection] = entry
         self._per_token[entry.name] = self._per_token.get(entry.name, 0) + 1
         return None
+
+    async def _until_ready(self) -> bool:
+        """Wait (bounded) for the app to be ready; False if it is not, or is stopping."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STREAM_READY_WAIT_S
+        while not self.accepting():
+            if self._shutting_down or loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return not self._shutting_down
+
+    # -- Server-Sent Events (SPEC §12) ------------------------------------------------
+
+    async def _stream(
+        self, connection: ServerConnection, request: Request, entry: TokenEntry
+    ) -> Response:
+        """Serve ``GET /api/stream`` until the client goes, the token is revoked, the
+        socket stalls, or the server stops; the answer returned is never sent."""
+        query = parse_qs(urlsplit(request.path).query)
+        try:
+            flt = query_filter(query)
+        except FilterError as exc:
+            return self._refuse(400, "invalid_filter", str(exc))
+        ids = request.headers.get_all("Last-Event-ID") or query.get("last_event_id", [])
+        resume = sse.parse_last_event_id(ids[0]) if len(ids) == 1 else None
+        if self._shutting_down:
+            return self._refuse(503, "stopping", "shutting down")
+        refused = self._admit(connection, entry)
+        if refused is not None:
+            return refused
+        session = self._open(connection, entry, sse=True)
+        # The head goes out first, then the session's messages as the flusher drains them.
+        only_write(connection)
+        connection.transport.write(sse.http_head(SERVER_NAME))
+        session.open_stream(flt, resume, self.hub)
+        ended = self._streams[session] = asyncio.Event()
+        writer = self._flusher.attach(connection, session, stream=True)
+        ending: asyncio.Future[Any] = asyncio.ensure_future(ended.wait())
+        lost: asyncio.Future[Any] = connection.connection_lost_waiter
+        try:
+            await asyncio.wait([lost, ending], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ending.cancel()
+            writer.close()
+            self._streams.pop(session, None)
+            self._closed(connection, session)
+            await end_stream(connection, CLOSE_TIMEOUT_S)
+        # Not sent: the connection is closed, so websockets writes nothing more.
+        return _response(HttpReply(200, b""))
 
     def _release(self, connection: ServerConnection) -> None:
         entry = self._accepted.pop(connection, None)
@@ -445,21 +525,7 @@ class StoryServer:
         if entry is None:  # cannot happen: process_request accepted it
             await connection.close(1011, "internal error")
             return
-        session = Session(
-            f"c{next(self._ids)}",
-            Principal.of(entry),
-            self.settings.limits,
-            self.hub.clock(),
-            self._rules,
-        )
-        session.on_coalesced = self.metrics.coalesced.inc
-        session.on_overflow = self.metrics.dropped.labels("overflow").inc
-        self._sessions[session] = (connection, entry)
-        self.hub.sessions.add(session)
-        self.metrics.connections.inc()
-        self.metrics.connections_total.inc()
-        peer = _peer(connection)
-        logger.info("connection %s open: %s as %s", session.id, peer, entry.name)
+        session = self._open(connection, entry, sse=False)
         session.send_control(
             {
                 "type": "welcome",
@@ -479,12 +545,37 @@ class StoryServer:
             pass
         finally:
             writer.close()
-            self.hub.sessions.discard(session)
-            self._sessions.pop(session, None)
-            self._release(connection)  # its slot is free now, not at next GC
-            self.metrics.connections.dec()
-            code = connection.close_code
-            logger.info("connection %s closed: code %s", session.id, code)
+            self._closed(connection, session)
+
+    def _open(self, connection: ServerConnection, entry: TokenEntry, *, sse: bool) -> Session:
+        """A new session for an admitted connection (WebSocket, or an SSE stream)."""
+        session = Session(
+            f"c{next(self._ids)}",
+            Principal.of(entry),
+            self.settings.limits,
+            self.hub.clock(),
+            self._rules,
+            sse=sse,
+        )
+        session.on_coalesced = self.metrics.coalesced.inc
+        session.on_overflow = self.metrics.dropped.labels("overflow").inc
+        self._sessions[session] = (connection, entry)
+        self.hub.sessions.add(session)
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+        kind = "stream" if sse else "connection"
+        logger.info("%s %s open: %s as %s", kind, session.id, _peer(connection), entry.name)
+        return session
+
+    def _closed(self, connection: ServerConnection, session: Session) -> None:
+        self.hub.sessions.discard(session)
+        self._sessions.pop(session, None)
+        self._release(connection)  # its slot is free now, not at next GC
+        self.metrics.connections.dec()
+        if session.sse:
+            logger.info("stream %s closed", session.id)
+        else:
+            logger.info("connection %s closed: code %s", session.id, connection.close_code)
 
     async def _reader(self, connection: ServerConnection, session: Session) -> None:
         clock = self.hub.clock
@@ -529,6 +620,11 @@ class StoryServer:
             logger.warning("connection %s too slow to read; closing", session.id)
         self.metrics.dropped.labels("slow").inc()
         self.hub.sessions.discard(session)  # nothing more piles up for it
+        ended = self._streams.get(session)
+        if ended is not None:  # a stream has no close handshake: it just ends
+            connection.transport.abort()
+            ended.set()
+            return
         await _close_or_abort(connection, CLOSE_OVERLOADED, "too slow to read")
 
     async def _heartbeats(self) -> None:
@@ -539,8 +635,9 @@ class StoryServer:
                 {"type": "heartbeat", "time": utc_now_iso(), "seq": self.hub.seq},
                 separators=(",", ":"),
             )
+            comment = sse.HEARTBEAT.decode()  # a stream's heartbeat: a comment line
             for session in list(self._sessions):
-                session.send_raw(frame, urgent=True)
+                session.send_raw(comment if session.sse else frame, urgent=True)
             self.metrics.stories.set(len(self.hub))
             self.metrics.seq.set(self.hub.seq)
 

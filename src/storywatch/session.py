@@ -9,9 +9,14 @@ Everything queued for the connection is counted in bytes (``limits.max_queued_by
 events past it end in a ``resync`` ``overflow`` (the pending events are dropped, as when
 too many stories are pending); control frames past it (pongs, errors — what a client that
 sends but never reads piles up) mark the session :attr:`overloaded`, and the writer closes
-it with 1013. A snapshot is not encoded when asked for: the outbox holds the list of
-stories as of that seq and encodes one chunk at a time as the socket takes them, so a
-snapshot of any size costs the connection one chunk of buffer.
+it with 1013. A snapshot or a catch-up (SPEC §9) is not encoded when asked for: the outbox
+holds the stories as of that seq and encodes one chunk at a time as the socket takes them,
+so one of any size costs the connection one chunk of buffer; one is in flight at a time.
+
+A session speaks WebSocket frames, or — made with ``sse=True`` for ``GET /api/stream``
+(SPEC §12) — Server-Sent Events: the same subscriptions, limits, coalescing and byte
+budget, one subscription opened by :meth:`Session.open_stream`, and a per-session framing
+choice in :meth:`Session.drain`.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import itertools
 import json
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from storywatch import sse
+from storywatch.catchup import Catchup
 from storywatch.coalesce import Pending, View, merge, transformed
 from storywatch.events import Event, Json, text_frame
 from storywatch.filters import Filter, Scope
@@ -48,6 +55,7 @@ RATE_BATCH: Final = 20  # a rate-limited writer waits for this many tokens (100 
 PASS_BYTES: Final = 64 * 1024
 
 CLOSE_POLICY: Final = 1008
+STREAM: Final = "stream"  # the one subscription of an SSE stream (never on the wire)
 _DEFAULT_RULES: Final = PathRules()
 
 
@@ -63,6 +71,12 @@ class HubView(Protocol):
     def stories(self) -> Iterable[Json]: ...
 
     def replay(self, epoch: Any, since_seq: Any) -> list[Event] | None: ...
+
+    def catchable(self, epoch: Any, since_seq: Any) -> bool:
+        """Whether a cursor behind the replay buffer can be caught up (SPEC §9)."""
+        ...
+
+    def catch_up(self, since_seq: int, flt: Filter, scope: Scope) -> Catchup | None: ...
 
 
 @dataclass(slots=True)
@@ -82,38 +96,42 @@ class Close:
     reason: str
 
 
-class Snapshot:
-    """A snapshot waiting in the outbox: the stories as of ``seq``, encoded a chunk at a
-    time. The story dicts are never mutated (an event replaces a story's dict), so holding
-    references keeps exactly the state of that seq."""
+class Chunked:
+    """A snapshot or a catch-up waiting in the outbox: ``count`` frames, encoded one at a
+    time as the socket takes them. The story dicts it refers to are never mutated (an event
+    replaces a story's dict), so holding references keeps exactly the state of its seq."""
 
-    __slots__ = ("done", "epoch", "sent", "seq", "stories", "sub")
+    __slots__ = ("count", "done", "frames", "sent")
 
-    def __init__(self, sub: str, epoch: str, seq: int, stories: list[Json]) -> None:
-        self.sub = sub
-        self.epoch = epoch
-        self.seq = seq
-        self.stories = stories
+    def __init__(self, frames: Iterator[bytes], count: int) -> None:
+        self.frames = frames
+        self.count = count
         self.sent = 0
         self.done = False
 
-    def next_chunk(self) -> str:
-        """The next ``snapshot`` message (an empty snapshot is one chunk with no stories)."""
-        chunk = self.stories[self.sent : self.sent + SNAPSHOT_CHUNK]
-        self.sent += len(chunk)
-        last = self.done = self.sent >= len(self.stories)
-        return json.dumps(
-            {
-                "type": "snapshot",
-                "sub": self.sub,
-                "epoch": self.epoch,
-                "seq": self.seq,
-                "stories": chunk,
-                "done": last,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+    def next_frame(self) -> bytes:
+        frame = next(self.frames)
+        self.sent += 1
+        self.done = self.sent >= self.count
+        return frame
+
+
+def _dumps(message: Json) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _snapshot_frames(sub: str, epoch: str, seq: int, stories: list[Json]) -> Iterator[bytes]:
+    """``snapshot`` messages of ≤ SNAPSHOT_CHUNK stories (one, empty, for no stories)."""
+    count = sse.pieces(len(stories), SNAPSHOT_CHUNK)
+    for n in range(count):
+        chunk = stories[n * SNAPSHOT_CHUNK : (n + 1) * SNAPSHOT_CHUNK]
+        message = {"type": "snapshot", "sub": sub, "epoch": epoch, "seq": seq}
+        message.update({"stories": chunk, "done": n == count - 1})
+        yield text_frame(_dumps(message))
+
+
+def _same(data: bytes) -> bytes:
+    return data
 
 
 class Group:
@@ -143,6 +161,9 @@ _GROUPS: weakref.WeakValueDictionary[tuple[Any, ...], Group] = weakref.WeakValue
 class Session:
     __slots__ = (
         "_abuse",
+        "_frame_event",
+        "_frame_text",
+        "_hub",
         "_inbound",
         "_keys",
         "_max_pending",
@@ -163,6 +184,7 @@ class Session:
         "outbox",
         "overloaded",
         "queued_bytes",
+        "sse",
         "stats",
         "subs",
         "wakeup",
@@ -175,6 +197,8 @@ class Session:
         limits: Limits,
         now: float,
         rules: PathRules = _DEFAULT_RULES,
+        *,
+        sse: bool = False,
     ) -> None:
         self.id = session_id
         self._principal = principal
@@ -184,11 +208,11 @@ class Session:
         # The fan-out group (read by the hub); None while nothing is subscribed.
         self.group: Group | None = None
         # Frames in send order: control frames (str), snapshots and events, unique keys.
-        self.outbox: OrderedDict[int, str | Pending | Snapshot] = OrderedDict()
+        self.outbox: OrderedDict[int, str | Pending | Chunked] = OrderedDict()
         # The newest pending entry of each story: the one a later event may merge into.
         self._mergeable: dict[str, int] = {}
         self._pending_events = 0
-        self._snapshots = 0  # snapshots in the outbox, not yet fully sent
+        self._snapshots = 0  # snapshots and catch-ups in the outbox, not yet fully sent
         self._sub_start: dict[str, int] = {}  # sub → the seq it started after
         self._urgent: list[str] = []  # a list, not a deque: ~700 bytes less per connection
         self._keys = itertools.count()
@@ -205,6 +229,14 @@ class Session:
         self.on_coalesced: Callable[[], None] = nothing
         self.on_overflow: Callable[[], None] = nothing
         self.stats = {"coalesced": 0, "overflows": 0}
+        # The framing, chosen once: WebSocket frames, or Server-Sent Events (SPEC §12),
+        # whose control messages are queued already framed.
+        self.sse = sse
+        self._frame_text: Callable[[bytes], bytes] = _same if sse else text_frame
+        self._frame_event: Callable[[Pending], bytes] = (
+            Pending.sse_bytes if sse else Pending.frame_bytes
+        )
+        self._hub: HubView | None = None  # a stream's, for the snapshot after a resync
 
     @property
     def principal(self) -> Principal:
@@ -265,18 +297,26 @@ class Session:
             limit = self.limits.max_subscriptions
             self.send_error("too_many_subscriptions", f"at most {limit} subscriptions", sub)
             return
-        if request.snapshot and self._snapshots:
-            self.send_error(
-                "rate_limited", "an earlier snapshot is still being sent; retry after it", sub
-            )
-            return
         replayed: list[Event] | None = None
         recovered: bool | None = None
+        catchup: Catchup | None = None
         if since is not None:
             replayed = hub.replay(since.epoch, since.seq)
             recovered = replayed is not None
             if request.snapshot:
-                replayed = None  # a snapshot replaces replay; recovered still tells
+                replayed = None  # a snapshot replaces replay or catch-up; recovered tells
+                recovered = recovered or hub.catchable(since.epoch, since.seq)
+            elif (
+                replayed is None and since.seq is not None and hub.catchable(since.epoch, since.seq)
+            ):
+                if self._snapshots:
+                    self._busy(sub)
+                    return
+                catchup = hub.catch_up(since.seq, flt, self.principal.epics)
+                recovered = catchup is not None
+        if request.snapshot and self._snapshots:
+            self._busy(sub)
+            return
         others = [(self._sub_start.get(name, 0), f) for name, f in self.subs.items()]
         self.subs[sub] = flt
         self._sub_start[sub] = hub.seq
@@ -291,15 +331,50 @@ class Session:
                 "seq": hub.seq,
                 "recovered": recovered,
                 "replayed": len(matching),
-                "compacted": False,
+                "compacted": catchup is not None,
             }
         )
         if request.snapshot:
             self._send_snapshot(sub, flt, hub)
+        elif catchup is not None:
+            self._send_catchup(sub, catchup, hub.epoch)
         for view in matching:
             if sub not in self.subs:  # an overflow ended the subscription mid-replay
                 break
             self.enqueue(Pending.of(view, (sub,), True))
+
+    def _busy(self, sub: str) -> None:
+        message = "an earlier snapshot or catch-up is still being sent; retry after it"
+        self.send_error("rate_limited", message, sub)
+
+    def open_stream(self, flt: Filter, resume: tuple[str, int] | None, hub: HubView) -> None:
+        """An SSE stream (SPEC §12): its one subscription, and what comes first — the events
+        after ``resume`` (``Last-Event-ID``: replay, or a catch-up behind the buffer), or a
+        snapshot (preceded by ``resync`` when ``resume`` cannot be honoured)."""
+        self._hub = hub
+        self.subs[STREAM] = flt
+        self._sub_start[STREAM] = hub.seq
+        self._regroup()
+        if resume is not None:
+            epoch, seq = resume
+            replayed = hub.replay(epoch, seq)
+            if replayed is not None:
+                overflows = self.stats["overflows"]
+                for event in replayed:
+                    view = self._replay_view(event, flt, ())
+                    if view is not None:
+                        self.enqueue(Pending.of(view, (STREAM,), True))
+                    if self.stats["overflows"] != overflows:
+                        break  # the snapshot that follows the resync covers the rest
+                return
+            if hub.catchable(epoch, seq):
+                catchup = hub.catch_up(seq, flt, self.principal.epics)
+                if catchup is not None:
+                    self._send_catchup(None, catchup, hub.epoch)
+                    return
+            reason = "epoch_changed" if epoch != hub.epoch else "lost"
+            self.send_raw(sse.resync(reason, hub.epoch, hub.seq).decode())
+        self._send_snapshot(STREAM, flt, hub)
 
     def _replay_view(
         self, event: Event, flt: Filter, others: Sequence[tuple[int, Filter]]
@@ -317,11 +392,27 @@ class Session:
     def _send_snapshot(self, sub: str, flt: Filter, hub: HubView) -> None:
         scope = self.principal.epics
         stories = [s for s in hub.stories() if scope.sees(s) and flt.matches_story(s)]
-        # Pending events from before the snapshot must not merge with later ones: the
-        # snapshot showed their result, so the way from there has to be told in full.
+        if self.sse:
+            frames = sse.snapshot(hub.epoch, hub.seq, stories, SNAPSHOT_CHUNK)
+        else:
+            frames = _snapshot_frames(sub, hub.epoch, hub.seq, stories)
+        self._queue_chunked(Chunked(frames, sse.pieces(len(stories), SNAPSHOT_CHUNK)))
+
+    def _send_catchup(self, sub: str | None, catchup: Catchup, epoch: str) -> None:
+        """A catch-up (SPEC §9) after ``subscribed``, before any live event of a later seq:
+        its chunks go out as the socket takes them, like a snapshot's."""
+        if self.sse:
+            frames = sse.catchup(catchup.messages(epoch))
+        else:
+            frames = (text_frame(_dumps(m)) for m in catchup.messages(epoch, sub=sub))
+        self._queue_chunked(Chunked(frames, catchup.count()))
+
+    def _queue_chunked(self, item: Chunked) -> None:
+        # Pending events from before it must not merge with later ones: it showed their
+        # result, so the way from there has to be told in full.
         self._mergeable.clear()
         self._snapshots += 1
-        self.outbox[next(self._keys)] = Snapshot(sub, hub.epoch, hub.seq, stories)
+        self.outbox[next(self._keys)] = item
         self.wakeup()
 
     def _unsubscribe(self, sub: str) -> None:
@@ -462,17 +553,19 @@ class Session:
         """Too far behind: drop what is pending and ask the client to resync."""
         self.stats["overflows"] += 1
         self.on_overflow()
-        kept: OrderedDict[int, str | Pending | Snapshot] = OrderedDict()
+        kept: OrderedDict[int, str | Pending | Chunked] = OrderedDict()
         for key, item in self.outbox.items():
             if isinstance(item, Pending):
                 self.queued_bytes -= item.size
-            elif isinstance(item, Snapshot):
+            elif isinstance(item, Chunked):
                 self._snapshots -= 1  # the subscription it belongs to ends here
             else:
                 kept[key] = item
         self.outbox = kept
         self._mergeable.clear()
         self._pending_events = 0
+        if self._restart_stream("overflow"):
+            return
         epoch, seq = str(latest.data.get("epoch", "")), latest.seq
         for sub in list(self.subs):
             self.send_control(
@@ -483,6 +576,8 @@ class Session:
         self._regroup()
 
     def resync(self, reason: str, epoch: str, seq: int, *, keep_subs: bool) -> None:
+        if self._restart_stream(reason):
+            return
         for sub in list(self.subs):
             self.send_control(
                 {"type": "resync", "sub": sub, "reason": reason, "epoch": epoch, "seq": seq}
@@ -492,18 +587,29 @@ class Session:
             self._sub_start.clear()
             self._regroup()
 
+    def _restart_stream(self, reason: str) -> bool:
+        """An SSE stream cannot re-subscribe by itself: its ``resync`` is followed at once
+        by a snapshot, and the stream goes on (SPEC §12). False for a WebSocket session."""
+        hub = self._hub
+        if hub is None or STREAM not in self.subs:
+            return False
+        self.send_raw(sse.resync(reason, hub.epoch, hub.seq).decode())
+        self._send_snapshot(STREAM, self.subs[STREAM], hub)
+        return True
+
     def drain(self, now: float, max_frames: int = 256, max_bytes: int = PASS_BYTES) -> Drained:
         """Up to ``max_frames`` frames (and about ``max_bytes``) that may be written now,
-        as complete WebSocket text frames."""
+        as complete WebSocket text frames (or SSE messages, for a stream)."""
         out = Drained()
         frames = out.frames
         size = 0
+        frame_text, frame_event = self._frame_text, self._frame_event
         if self._urgent:
             for frame in self._urgent:
                 data = frame.encode()
                 self.queued_bytes -= len(frame)
                 size += len(data)
-                frames.append(text_frame(data))
+                frames.append(frame_text(data))
             self._urgent.clear()
         outbox = self.outbox
         mergeable = self._mergeable
@@ -522,7 +628,7 @@ class Session:
                 freed += item.size
                 if mergeable.get(item.story_id) == key:
                     del mergeable[item.story_id]
-                frames.append(item.frame_bytes())
+                frames.append(frame_event(item))
                 size += item.size
                 if item.live:
                     out.delivered += 1
@@ -532,13 +638,15 @@ class Session:
                 del outbox[key]
                 self.queued_bytes -= len(item)
                 data = item.encode()
-            else:  # a snapshot: its next chunk
-                data = item.next_chunk().encode()
+                size += len(data)
+                frames.append(frame_text(data))
+            else:  # a snapshot or a catch-up: its next frame, framed as the session speaks
+                data = item.next_frame()
                 if item.done:
                     del outbox[key]
                     self._snapshots -= 1
-            size += len(data)
-            frames.append(text_frame(data))
+                size += len(data)
+                frames.append(data)
         if sent:
             self._outbound.take(now, sent)
             self._pending_events -= sent

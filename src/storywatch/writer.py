@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 MAX_FRAMES_PER_PASS = 256  # per connection; the rest waits for the next turn (fairness)
 _OPEN = State.OPEN  # looked up once: an enum member access is not free, per connection
+_STREAMING = State.CONNECTING  # an SSE stream: websockets' handshake never completes
 
 
 class Flusher:
@@ -50,8 +51,12 @@ class Flusher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last_pass = 0.0  # on ``clock``: the last pass that wrote something
 
-    def attach(self, connection: ServerConnection, session: Session) -> Writer:
-        writer = Writer(self, connection, session)
+    def attach(
+        self, connection: ServerConnection, session: Session, *, stream: bool = False
+    ) -> Writer:
+        """Drain ``session`` into ``connection``: an open WebSocket, or with ``stream`` an
+        SSE stream (SPEC §12), written on a connection websockets never upgraded."""
+        writer = Writer(self, connection, session, _STREAMING if stream else _OPEN)
         session.wakeup = writer.schedule
         writer.schedule()
         return writer
@@ -99,14 +104,18 @@ class Writer:
         "closed",
         "connection",
         "flusher",
+        "live",
         "queued",
         "session",
     )
 
-    def __init__(self, flusher: Flusher, connection: ServerConnection, session: Session) -> None:
+    def __init__(
+        self, flusher: Flusher, connection: ServerConnection, session: Session, live: State
+    ) -> None:
         self.flusher = flusher
         self.connection = connection
         self.session = session
+        self.live = live  # the protocol state in which this connection may be written to
         self.queued = False
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
@@ -131,7 +140,7 @@ class Writer:
             return 0, 0.0
         if self._drainer is not None:
             return 0, 0.0
-        if connection.protocol.state is not _OPEN:
+        if connection.protocol.state is not self.live:
             self.close()
             return 0, 0.0
         if connection.paused:
@@ -186,3 +195,36 @@ class Writer:
         # collected half way through the close handshake.
         if self._drainer is not None and self._drainer is not asyncio.current_task():
             self._drainer.cancel()
+
+
+# -- a stream's connection (SPEC §12): websockets never upgrades it ------------------------
+
+
+def only_write(connection: ServerConnection) -> None:
+    """A stream only writes: what the client still sends is discarded, and its end of
+    the connection (EOF) marks the connection closed, so its writer stops. (websockets'
+    parser would read those bytes as WebSocket frames and half-close the connection.)"""
+    protocol = connection.protocol
+
+    def discard() -> Any:
+        while not (yield from protocol.reader.at_eof()):
+            protocol.reader.discard()
+        protocol.state = State.CLOSED
+        yield
+
+    protocol.parser = discard()
+    next(protocol.parser)
+
+
+async def end_stream(connection: ServerConnection, timeout_s: float) -> None:
+    """Close a stream's TCP connection after what is buffered (abort a peer that does not
+    read it within ``timeout_s``) and wait until it is closed: only then may the server's
+    ``process_request`` return, so websockets never writes a response behind the stream."""
+    transport = connection.transport
+    transport.close()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(connection.connection_lost_waiter)
+    except TimeoutError:
+        transport.abort()
+        await asyncio.shield(connection.connection_lost_waiter)

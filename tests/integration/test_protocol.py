@@ -546,7 +546,16 @@ async def test_since_older_than_the_buffer(
         }
     )
     answer = await client.recv()
-    assert answer["recovered"] is False and answer["replayed"] == 0
+    # Older than the buffer: a compacted catch-up (SPEC §9), not a replay.
+    assert (answer["recovered"], answer["compacted"], answer["replayed"]) == (True, True, 0)
+    catchup = await client.recv()
+    assert (catchup["type"], catchup["sub"], catchup["since"], catchup["done"]) == (
+        "catchup",
+        "old",
+        1,
+        True,
+    )
+    assert [s["id"] for s in catchup["stories"]] == ["UI-003", "UI-001", "UI-002", "UI-006"]
     await client.send(
         {
             "type": "subscribe",
@@ -557,6 +566,7 @@ async def test_since_older_than_the_buffer(
     )
     answer = await client.recv()
     assert answer["recovered"] is True and answer["replayed"] == 3
+    assert answer["compacted"] is False
     events = await client.events(3)
     assert [e["seq"] for e in events] == [3, 4, 5]
 
