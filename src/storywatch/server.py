@@ -49,11 +49,10 @@ from storywatch.auth import Authenticator, origin_allowed, token_from
 from storywatch.config import Settings
 from storywatch.errors import PublishRejected
 from storywatch.events import Json, utc_now_iso
-from storywatch.filters import FilterError
 from storywatch.history import CommitSource
 from storywatch.http import Api, HttpReply, board_page, error_reply, json_reply, query_filter
 from storywatch.hub import Hub
-from storywatch.inbound import Publish, safe_ref
+from storywatch.inbound import Publish, RequestError, safe_ref
 from storywatch.metrics import CONTENT_TYPE_LATEST, Metrics
 from storywatch.paths import PathRules
 from storywatch.ports import Publisher, StoryBodies
@@ -469,8 +468,8 @@ class StoryServer:
         query = parse_qs(urlsplit(request.path).query)
         try:
             flt = query_filter(query)
-        except FilterError as exc:
-            return self._refuse(400, "invalid_filter", str(exc))
+        except RequestError as exc:
+            return self._refuse(400, exc.code, exc.message)
         ids = request.headers.get_all("Last-Event-ID") or query.get("last_event_id", [])
         resume = sse.parse_last_event_id(ids[0]) if len(ids) == 1 else None
         if self._shutting_down:

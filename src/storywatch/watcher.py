@@ -64,6 +64,9 @@ class Watcher:
         self._batches = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
+        # One read-and-apply at a time (batches and expired holds): a slow read must not
+        # let an older content of a file be applied after a newer one.
+        self._turn = asyncio.Lock()
 
     async def run(self) -> None:
         """Watch until :meth:`stop`; set ``running`` once changes are being observed.
@@ -175,6 +178,10 @@ class Watcher:
 
     async def _process(self, rels: set[str]) -> None:
         """Re-read these paths and hand the results over, with the editor-save holds."""
+        async with self._turn:
+            await self._process_now(rels)
+
+    async def _process_now(self, rels: set[str]) -> None:
         results = await self._read(rels)
         source = self._source()
         commits = await self._attribute(source, results)
@@ -232,8 +239,11 @@ class Watcher:
         task.add_done_callback(_log_failure)
 
     async def _expire(self) -> None:
-        for source, rels, commits in self.holds.due(asyncio.get_running_loop().time()):
-            await self.sink.apply(self.repo.read_many(rels), source, attribution=commits)
+        async with self._turn:
+            for source, rels, commits in self.holds.due(asyncio.get_running_loop().time()):
+                # Read off the loop like every batch: a held file may be the hostile one.
+                results = await self._read(set(rels))
+                await self.sink.apply(results, source, attribution=commits)
         self._schedule()
 
 

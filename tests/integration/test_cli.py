@@ -296,6 +296,39 @@ def test_tail_resumes_after_a_restart_with_sqlite(
     assert sum("in-progress → review" in line for line in tail.seen["out"]) == 1
 
 
+def test_tail_catches_up_after_an_absence_longer_than_the_buffer(
+    repo: Path, daemon_factory: type[Daemon], procs: list[Proc]
+) -> None:
+    """SPEC §9: away past the replay buffer, the tail is told what changed — the stories
+    as they are now, the ones that went away — not a reload, and then follows live."""
+    config = {"backend": {"buffer_size": 2}}
+    first = daemon_factory(repo, backend="sqlite", config=config).start()
+    first.wait_healthy()
+    tail = start_tail(procs, first)
+    json_tail = start_tail(procs, first, "--json")
+    edit_status(repo / "ui" / "UI-005-dark-mode.md", "ready", "in-progress")
+    tail.wait_line("out", lambda line: "UI-005" in line)
+    json_tail.wait_line("out", lambda line: "UI-005" in line)
+    assert first.stop() == 0
+    edit_status(repo / "ui" / "UI-005-dark-mode.md", "in-progress", "review")
+    edit_status(repo / "api" / "v1" / "API-001-list-stories-endpoint.md", "done", "review")
+    (repo / "api" / "API-007-rate-limit-headers.md").unlink()
+    second = daemon_factory(
+        repo, backend="sqlite", config=config, extra_args=["--port", str(first.port)]
+    ).start()
+    second.wait_healthy()
+    line = tail.wait_line("out", lambda line: "caught up" in line and "API-007" in line, 30)
+    assert "removed" in line
+    assert any("caught up" in x and "UI-005" in x and "review" in x for x in tail.seen["out"])
+    chunk = json.loads(json_tail.wait_line("out", lambda line: '"catchup"' in line, 30))
+    assert chunk["done"] and "API-007" in chunk["removed"]
+    assert {s["id"] for s in chunk["stories"]} >= {"UI-005", "API-001"}
+    edit_status(repo / "ui" / "UI-005-dark-mode.md", "review", "done")
+    line = tail.wait_line("out", lambda line: "review → done" in line)
+    assert tail.stop() == 0 and json_tail.stop() == 0
+    assert not any("resynced" in line for line in tail.seen["err"])
+
+
 def test_tail_resyncs_when_history_is_lost(
     repo: Path, daemon_factory: type[Daemon], procs: list[Proc]
 ) -> None:
