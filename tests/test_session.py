@@ -26,6 +26,7 @@ from storywatch.session import Close, Session
 from storywatch.story import ParseError, Story
 from storywatch.values import Limits, Principal
 from tests.frames import decode_frame, next_frame, pending_stories
+from tests.frames import drain_all as drain
 
 EPOCH = "ep-1"
 TIME = "2026-11-26T07:00:00.000Z"
@@ -119,22 +120,6 @@ def make_session(principal: Principal = READER, now: float = 0.0, **limits: Any)
 def send(session: Session, hub: Hub, message: Any, now: float = 0.0) -> Any:
     raw = message if isinstance(message, str | bytes) else json.dumps(message)
     return session.handle_message(raw, now, hub)
-
-
-def drain(
-    session: Session, now: float = 0.0, limit: int | None = None
-) -> tuple[list[dict[str, Any]], float]:
-    """Every frame the writer would send, advancing the clock as the bucket asks."""
-    out: list[dict[str, Any]] = []
-    while limit is None or len(out) < limit:
-        frame, wait, _born = next_frame(session, now)
-        if frame is None:
-            if wait <= 0:
-                break
-            now += max(wait, 1e-3)  # a tiny wait may not move a large float clock
-            continue
-        out.append(json.loads(frame))
-    return out, now
 
 
 def frames(session: Session, now: float = 1e6) -> list[dict[str, Any]]:
