@@ -58,7 +58,11 @@ def origin_allowed(origin: str | None, host: str | None, tls: bool, allowed: Ite
     if host is None:
         return False
     scheme = "https" if tls else "http"
-    return _normalize(origin) == _normalize(f"{scheme}://{host}")
+    own = _normalize(f"{scheme}://{host}")
+    return own != _INVALID and _normalize(origin) == own
+
+
+_INVALID = "\x00invalid"
 
 
 def _normalize(origin: str) -> str:
@@ -66,7 +70,7 @@ def _normalize(origin: str) -> str:
         parts = urlsplit(origin.lower())
         port = parts.port
     except ValueError:  # not a URL (bad port, brackets): matches nothing
-        return "\x00invalid"
+        return _INVALID
     default = {"http": 80, "https": 443}.get(parts.scheme)
     host = parts.hostname or ""
     if ":" in host:
