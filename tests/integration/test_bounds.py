@@ -268,3 +268,38 @@ async def test_every_answer_is_nosniff_and_the_board_has_a_strict_csp(daemon: Da
     connect = directives["connect-src"].split()
     assert "'self'" in connect and "ws:" not in connect and "wss:" not in connect
     assert "'unsafe-inline'" not in directives["script-src"]
+
+
+def test_a_client_that_sends_but_never_reads_is_closed_with_1013(
+    repo: Path, daemon_factory: type[Daemon]
+) -> None:
+    """Pongs it never reads pile up past `limits.max_queued_bytes`: the daemon closes it
+    (1013) instead of holding them, and the other clients go on."""
+    config = {"limits": {"max_queued_bytes": 1_000_000, **FLOOD_LIMITS}}
+    daemon = daemon_factory(repo, config=config).start()
+    daemon.wait_healthy()
+    before = rss_kb(daemon)
+    sock = socket.create_connection(("127.0.0.1", daemon.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(
+        b"GET /ws?token=tok-reader HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert b" 101 " in sock.recv(1024)
+    ping = masked_text_frame(json.dumps({"type": "ping", "nonce": "n" * 60_000}).encode())
+    deadline = time.monotonic() + scaled(20)
+    closing = "over its queued-bytes budget"
+    try:
+        while time.monotonic() < deadline and not any(closing in x for x in daemon.stderr_lines):
+            try:
+                sock.sendall(ping)
+            except OSError:
+                break  # the daemon closed it
+            time.sleep(0.01)
+    finally:
+        sock.close()
+    assert any(closing in line for line in daemon.stderr_lines), daemon.stderr_lines[-5:]
+    assert rss_kb(daemon) - before < 40 * 1024
+    status, body = http_get(daemon, "/healthz", token=None)
+    assert status == 200 and body["connections"] <= 1
