@@ -127,7 +127,7 @@ class App:
         self.server: StoryServer | None = None
         # Outbound webhooks (SPEC §10): another follower of the log. Every node answers
         # /api/hooks from the hooks' store; one process delivers (the watcher, on Redis).
-        self.webhooks: Webhooks = open_webhooks(settings, self.metrics)
+        self.webhooks: Webhooks = open_webhooks(settings, self.metrics, fence=self._lock_token)
         self._watch_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         # -- catch-up (SPEC §9): a catch-up request drops expired tombstones in the log too.
@@ -284,6 +284,9 @@ class App:
             except BackendError as exc:  # the next append or request tries again
                 logger.warning("cannot drop expired catch-up tombstones: %s", exc)
                 return
+
+    def _lock_token(self) -> str:
+        return self.shared.lock_token if self.shared is not None else ""
 
     async def _shared_index(self) -> tuple[Index, int]:
         if self.shared is None:

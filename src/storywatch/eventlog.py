@@ -115,6 +115,8 @@ class SharedLog(EventLog, Protocol):
     """A log several processes share (Redis): its index can change under this process,
     and one process at a time may watch the files (the watcher lock)."""
 
+    lock_token: str  # "" unless this process holds the watcher lock
+
     async def load(self, count: int, *, positions: bool = True) -> LogState:
         """Meta, the last ``count`` events and the whole index, read at once (and the
         catch-up positions, unless ``positions`` is False)."""

@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 
 from storywatch.config import BackendSettings
+from storywatch.errors import NotLeaderError
 from storywatch.events import Draft
 from storywatch.log.redis import RedisLog
 from storywatch.webhooks.config import HookConfig, origin_of
 from storywatch.webhooks.redis import RedisStore
 from storywatch.webhooks.service import Webhooks
+from storywatch.webhooks.store import HookState
 from tests.conftest import scaled
 from tests.integration.redis_server import RedisServer
 from tests.receiver import Answer, Received, Receiver
@@ -116,3 +118,30 @@ async def test_one_deliverer_and_a_failover_from_the_durable_cursor(
         for node in (a, b):
             await node.webhooks.close()
         await watcher.close()
+
+
+async def test_only_the_holder_of_the_watcher_lock_writes_a_hooks_state(
+    redis_server: RedisServer,
+) -> None:
+    """A deliverer that lost the lock while it was stalled cannot move a cursor back."""
+    settings = BackendSettings("redis", None, redis_server.url, "fenced", 1000)
+    leader = RedisLog(settings)
+    await leader.open()
+    assert await leader.acquire_lock()
+    token = leader.lock_token
+    held = RedisStore(settings, fence=lambda: token)
+    stale = RedisStore(settings, fence=lambda: "a-token-that-lost-the-lock")
+    unfenced = RedisStore(settings)
+    try:
+        await held.save("h", HookState(epoch="e", cursor=7))
+        with pytest.raises(NotLeaderError):
+            await stale.save("h", HookState(epoch="e", cursor=2), {"seq": 3})
+        assert (await unfenced.load(["h"]))["h"].cursor == 7
+        assert await unfenced.dead_letters("h") == []
+        await leader.release_lock()
+        with pytest.raises(NotLeaderError):  # nobody holds it now: the old holder neither
+            await held.save("h", HookState(epoch="e", cursor=8))
+    finally:
+        for store in (held, stale, unfenced):
+            await store.close()
+        await leader.close()

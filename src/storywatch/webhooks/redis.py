@@ -13,23 +13,42 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Final
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from storywatch.config import BackendSettings
-from storywatch.errors import BackendError
+from storywatch.errors import BackendError, NotLeaderError
 from storywatch.events import Json
 from storywatch.log.redis import connect
 from storywatch.webhooks.store import DEAD_LETTERS_KEPT, HookState
+
+# A hook's state is written only by the holder of the watcher lock (the one deliverer):
+# a process that lost the lock while it was stalled cannot move a cursor or a counter.
+_SAVE: Final = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return redis.error_reply('NOTLEADER the watcher lock is held by another process')
+end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+end
+return 1
+"""
 
 
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, settings: BackendSettings) -> None:
+    def __init__(self, settings: BackendSettings, fence: Callable[[], str] | None = None) -> None:
         self.prefix = f"{{{settings.stream}}}:hooks:"
+        self.lock_key = f"{{{settings.stream}}}:lock"
         self.redis = connect(settings.redis_url)
+        # The watcher lock's token this process holds ("" = unfenced: no lock in play).
+        self.fence = fence or (lambda: "")
+        self._save = self.redis.register_script(_SAVE)
 
     def _state_key(self, name: str) -> str:
         return self.prefix + name
@@ -53,13 +72,18 @@ class RedisStore:
 
     async def save(self, name: str, state: HookState, dead: Json | None = None) -> None:
         key = self._state_key(name)
+        args: list[str | int] = [
+            self.fence(),
+            _dumps(state.to_json()),
+            "" if dead is None else _dumps(dead),
+            DEAD_LETTERS_KEPT,
+        ]
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(key, _dumps(state.to_json()))
-                if dead is not None:
-                    pipe.rpush(key + ":dead", _dumps(dead))
-                    pipe.ltrim(key + ":dead", -DEAD_LETTERS_KEPT, -1)
-                await pipe.execute()
+            await self._save(keys=[key, key + ":dead", self.lock_key], args=args)
+        except ResponseError as exc:
+            if "NOTLEADER" in str(exc):
+                raise NotLeaderError(f"webhook {name}: not the deliverer any more") from exc
+            raise BackendError(f"redis: {exc}") from exc
         except RedisError as exc:
             raise BackendError(f"redis: {exc}") from exc
 

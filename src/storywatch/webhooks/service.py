@@ -129,8 +129,15 @@ class Webhooks:
         self._tasks.append(task)
 
 
-def open_webhooks(settings: Settings, metrics: Metrics | None = None) -> Webhooks:
-    """The hooks of ``settings`` with the store of its backend (nothing is opened yet)."""
+def open_webhooks(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    *,
+    fence: Callable[[], str] | None = None,
+) -> Webhooks:
+    """The hooks of ``settings`` with the store of its backend (nothing is opened yet).
+    ``fence``: the watcher lock's token this process holds (Redis: only its holder may
+    write the hooks' state)."""
     store: HookStore
     kind = settings.backend.kind
     if not settings.webhooks or kind == "memory":
@@ -140,7 +147,7 @@ def open_webhooks(settings: Settings, metrics: Metrics | None = None) -> Webhook
     else:
         from storywatch.webhooks.redis import RedisStore
 
-        store = RedisStore(settings.backend)
+        store = RedisStore(settings.backend, fence)
     return Webhooks(settings.webhooks, store, metrics, window=settings.backend.buffer_size)
 
 
