@@ -431,14 +431,8 @@ async def _stream_log(root: Path, rev: str, paths: list[str], resolver: Resolver
     try:
         if proc.stdout is None:  # pragma: no cover - PIPE was asked for
             return
-        while not resolver.done:
-            chunk = await proc.stdout.read(65536)
-            blocks = parser.feed(chunk) if chunk else parser.close()
-            for block in blocks:
-                resolver.add(block)
-            if not chunk:
-                resolver.finish()
-                break
+        while not resolver.done and _take(await proc.stdout.read(65536), parser, resolver):
+            pass
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -471,6 +465,15 @@ def commits_at(
     return {path: commit.as_json() for path, (commit, _entry) in resolver.commits().items()}
 
 
+def _take(chunk: bytes, parser: LogParser, resolver: Resolver) -> bool:
+    """Feed one chunk of git's output (``b""``: the end) to the resolver; False at the end."""
+    for block in parser.feed(chunk) if chunk else parser.close():
+        resolver.add(block)
+    if not chunk:
+        resolver.finish()
+    return bool(chunk)
+
+
 def _read_all(
     proc: subprocess.Popen[bytes], parser: LogParser, resolver: Resolver, timeout: float
 ) -> None:
@@ -480,10 +483,5 @@ def _read_all(
     read: Callable[[int], bytes] = getattr(stdout, "read1", stdout.read)
     deadline = time.monotonic() + timeout
     while not resolver.done and time.monotonic() < deadline:
-        chunk = read(65536)
-        blocks = parser.feed(chunk) if chunk else parser.close()
-        for block in blocks:
-            resolver.add(block)
-        if not chunk:
-            resolver.finish()
+        if not _take(read(65536), parser, resolver):
             return

@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
@@ -194,10 +194,21 @@ def check_encodable(events: Sequence[Event], records: IndexRecords | None = None
     """Refuse a batch that could never be stored or sent as UTF-8 JSON (a lone surrogate,
     a value JSON has no form for): :class:`RefusedError`, before anything is written."""
     try:
-        for event in events:
-            event.encoded().encode("utf-8")
-        for record in (records or {}).values():
-            if record is not None:
-                json.dumps(record, ensure_ascii=False).encode("utf-8")
-    except (UnicodeEncodeError, ValueError, TypeError, RecursionError) as exc:
+        texts = [event.encoded() for event in events]
+        texts += [
+            json.dumps(r, ensure_ascii=False) for r in (records or {}).values() if r is not None
+        ]
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise RefusedError(f"the batch cannot be encoded: {exc}") from exc
+    check_utf8(texts)
+
+
+def check_utf8(texts: Iterable[object]) -> None:
+    """:class:`RefusedError` unless every string among ``texts`` is valid UTF-8 (a lone
+    surrogate is not): what no backend can store and no client can be sent."""
+    try:
+        for text in texts:
+            if isinstance(text, str):
+                text.encode("utf-8")
+    except UnicodeEncodeError as exc:
         raise RefusedError(f"the batch cannot be encoded: {exc}") from exc

@@ -44,7 +44,7 @@ from redis.exceptions import RedisError, ResponseError
 from storywatch.catchup import DAY_S, DEFAULT_KEEP_DAYS, Position, event_epics, event_time
 from storywatch.config import BackendSettings
 from storywatch.errors import BackendError, NotLeaderError, RefusedError
-from storywatch.eventlog import IndexRecords, LogState, OnEvents, OnReset, new_epoch
+from storywatch.eventlog import IndexRecords, LogState, OnEvents, OnReset, check_utf8, new_epoch
 from storywatch.events import Draft, Event, Json, number, utc_now_iso, with_commit
 
 logger = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ class RedisLog:
         keys = [self.keys["meta"], self.keys["events"], self.keys["index"], self.keys["lock"]]
         keys += [self.keys["positions"], self.keys["tombstones"]]
         keys += [self.keys["last_seq"], self.keys["last_event"]]  # SPEC §10
-        _check_encodable(args)
+        check_utf8(args)
         try:
             epoch, first, _last = await self._append(keys=keys, args=args)
         except ResponseError as exc:
@@ -463,16 +463,6 @@ class RedisLog:
         token, self.lock_token = self.lock_token, ""
         with contextlib.suppress(RedisError):
             await self._release(keys=[self.keys["lock"]], args=[token])
-
-
-def _check_encodable(args: list[Any]) -> None:
-    """Refuse a batch Redis could never take as UTF-8 (a lone surrogate in a value)."""
-    try:
-        for arg in args:
-            if isinstance(arg, str):
-                arg.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise RefusedError(f"the batch cannot be encoded: {exc}") from exc
 
 
 def _positions(stored: dict[str, str]) -> dict[str, Position]:
